@@ -1,0 +1,344 @@
+"""Validated settings, read from the environment and `.env`.
+
+Nested groups use `__` as delimiter (`DATABASE__POOL_SIZE=20`); `DATABASE_URL` and `REDIS_URL`
+also work as plain names. Passwords are split out of URLs into `SecretStr` fields at load time, so
+the stored URLs are safe to print and no repr, dump or validation error can reveal a password.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "EMBEDDED",
+    "AppSettings",
+    "CacheSettings",
+    "DatabaseSettings",
+    "ObservabilitySettings",
+    "RedisSettings",
+    "ResilienceSettings",
+    "Settings",
+    "get_settings",
+    "redact_url",
+]
+
+EMBEDDED = "embedded"
+"""URL value that asks for an embedded server (development and tests only)."""
+
+Environment = Literal["development", "test", "production"]
+
+_PG_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`; never raises."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, sep, _pw = userinfo.partition(":")
+            netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
+        query = parts.query
+        if query:
+            pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query)]
+            query = urlencode(pairs, safe="*/")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable url>"
+
+
+class _Group(BaseModel):
+    # Unknown keys are typos (DATABASE__POOLSIZE); inputs never appear in errors (they may be URLs
+    # with passwords).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
+
+
+class AppSettings(_Group):
+    """Identity and mode of the running service."""
+
+    name: str = Field("dualcore", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    environment: Environment = "development"
+    debug: bool = False
+    startup_timeout: float = Field(30.0, gt=0, le=600, description="total wait for dependencies")
+    shutdown_timeout: float = Field(10.0, gt=0, le=600)
+
+
+class DatabaseSettings(_Group):
+    """PostgreSQL connection and pool settings (asyncpg driver)."""
+
+    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    password: SecretStr | None = None
+    replica_urls: list[str] = Field(default_factory=list)
+    pool_size: int = Field(10, ge=1, le=1000)
+    max_overflow: int = Field(10, ge=0, le=1000)
+    pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
+    pool_recycle: int = Field(1800, ge=-1, description="seconds; -1 never recycles")
+    pool_pre_ping: bool = False
+    statement_timeout: float = Field(30.0, ge=0, le=86400, description="seconds; 0 disables")
+    command_timeout: float | None = Field(
+        None, gt=0, le=86400, description="client-side bound; default statement_timeout + 5s"
+    )
+    connect_timeout: float = Field(5.0, gt=0, le=300)
+    application_name: str | None = Field(None, max_length=63)
+    echo: bool = False
+    pgbouncer: bool = Field(False, description="transaction pooling: no prepared statement cache")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_password(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            data["url"], pw = _normalise_pg_url(data.get("url", cls.model_fields["url"].default))
+            if pw is not None and data.get("password") is None:
+                data["password"] = pw
+            data["replica_urls"] = [
+                _normalise_pg_url(u)[0] for u in _as_list(data.get("replica_urls", []))
+            ]
+        return data
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the URL asks for an embedded server."""
+        return self.url == EMBEDDED
+
+    def sqlalchemy_url(self, url: str | None = None) -> URL:
+        """The URL to connect with, password included (SQLAlchemy's URL masks it in repr/str)."""
+        target = make_url(url or self.url)
+        if self.password is not None and target.password is None:
+            target = target.set(password=self.password.get_secret_value())
+        return target
+
+    @property
+    def effective_command_timeout(self) -> float | None:
+        """Client-side timeout for one statement: bounds a hung server, not only a slow query."""
+        if self.command_timeout is not None:
+            return self.command_timeout
+        return self.statement_timeout + 5.0 if self.statement_timeout else None
+
+
+class RedisSettings(_Group):
+    """Redis connection and pool settings."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    max_connections: int = Field(50, ge=1, le=10000)
+    pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
+    socket_timeout: float = Field(2.0, gt=0, le=300)
+    socket_connect_timeout: float = Field(2.0, gt=0, le=300)
+    health_check_interval: int = Field(30, ge=0, le=3600)
+    retry_attempts: int = Field(3, ge=0, le=10)
+    key_prefix: str = Field("dualcore:", max_length=64, pattern=r"^[^\s*?\[\]]*$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_password(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            data["url"], pw = _normalise_redis_url(data.get("url", cls.model_fields["url"].default))
+            if pw is not None and data.get("password") is None:
+                data["password"] = pw
+        return data
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the URL asks for an embedded server."""
+        return self.url == EMBEDDED
+
+
+class CacheSettings(_Group):
+    """Cache behaviour on top of Redis."""
+
+    enabled: bool = True
+    namespace: str = Field("cache", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+    default_ttl: float = Field(300.0, gt=0, le=365 * 86400)
+    max_key_length: int = Field(200, ge=64, le=4096)
+    codec: Literal["json", "msgspec"] = "json"
+    operation_timeout: float = Field(0.25, gt=0, le=30, description="bound on one cache call")
+    lock_ttl: float = Field(10.0, gt=0, le=3600, description="cross-process fill lock lifetime")
+    lock_wait: float = Field(5.0, ge=0, le=3600, description="max wait for another filler")
+    early_refresh: float = Field(1.0, ge=0, le=10, description="XFetch beta; 0 disables")
+
+
+class ResilienceSettings(_Group):
+    """Retry and circuit breaker policy."""
+
+    retry_attempts: int = Field(3, ge=1, le=20)
+    retry_max_time: float = Field(5.0, gt=0, le=600)
+    retry_base_delay: float = Field(0.05, gt=0, le=60)
+    retry_max_delay: float = Field(1.0, gt=0, le=600)
+    breaker_failure_threshold: int = Field(5, ge=1, le=1000)
+    breaker_reset_timeout: float = Field(10.0, gt=0, le=3600)
+    breaker_half_open_max_calls: int = Field(1, ge=1, le=100)
+
+
+class ObservabilitySettings(_Group):
+    """Logging, metrics and tracing."""
+
+    log_format: Literal["json", "logfmt"] = "json"
+    access_log: bool = True
+    metrics_enabled: bool = True
+    metrics_path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9/_-]*$")
+    request_id_header: str = Field("X-Request-ID", pattern=r"^[A-Za-z0-9-]+$")
+    slow_query_threshold: float = Field(0.5, ge=0, le=3600, description="seconds; 0 disables")
+    log_query_parameters: bool = False
+    tracing: bool = False
+
+
+class Settings(BaseSettings):
+    """All settings of a dualcore service."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    app: AppSettings = Field(default_factory=AppSettings)  # type: ignore[arg-type]
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)  # type: ignore[arg-type]
+    redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
+    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)  # type: ignore[arg-type]
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)  # type: ignore[arg-type]
+
+    # Plain DATABASE_URL / REDIS_URL, folded into their groups and not kept as fields of their own.
+    database_url: str | None = Field(None, exclude=True, repr=False)
+    redis_url: str | None = Field(None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_plain_urls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for plain, group in (("database_url", "database"), ("redis_url", "redis")):
+            value = data.pop(plain, None)
+            if value:
+                section = data.get(group)
+                section = dict(section) if isinstance(section, dict) else {}
+                section.setdefault("url", value)
+                data[group] = section
+        return data
+
+    @model_validator(mode="after")
+    def _embedded_not_in_production(self) -> Settings:
+        if self.app.environment == "production":
+            for group in (self.database, self.redis):
+                if group.is_embedded:
+                    raise ValueError(
+                        "embedded servers are for development and tests only; "
+                        "set DATABASE_URL and REDIS_URL to real servers in production"
+                    )
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        """True in the production environment."""
+        return self.app.environment == "production"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once; `get_settings.cache_clear()` rereads them."""
+    return Settings()
+
+
+# --- URL normalisation -------------------------------------------------------------------------
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def _normalise_pg_url(raw: Any) -> tuple[str, str | None]:
+    """Normalise to the asyncpg driver; return (url without password, password)."""
+    if not isinstance(raw, str):
+        raise ValueError("database URL must be a string")
+    raw = raw.strip()
+    if raw.lower() == EMBEDDED:
+        return EMBEDDED, None
+    scheme = raw.partition("://")[0].lower()
+    if scheme not in _PG_SCHEMES:
+        shown = scheme if scheme.replace("+", "").isalnum() and len(scheme) < 30 else "?"
+        raise ValueError(
+            f"database URL must use postgresql:// (or postgres://, postgresql+asyncpg://), "
+            f"got scheme {shown!r}; or set it to 'embedded'"
+        )
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ValueError("database URL is not a valid URL") from None
+    if not url.host and "host" not in url.query:
+        raise ValueError("database URL has no host")
+    try:
+        _ = url.port
+    except ValueError:
+        raise ValueError("database URL has an invalid port") from None
+    password = url.password
+    url = URL.create(
+        "postgresql+asyncpg", url.username, None, url.host, url.port, url.database, url.query
+    )
+    return url.render_as_string(hide_password=False), (
+        str(password) if password is not None else None
+    )
+
+
+def _normalise_redis_url(raw: Any) -> tuple[str, str | None]:
+    """Validate a redis://, rediss:// or unix:// URL; return (url without password, password)."""
+    if not isinstance(raw, str):
+        raise ValueError("Redis URL must be a string")
+    raw = raw.strip()
+    if raw.lower() == EMBEDDED:
+        return EMBEDDED, None
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise ValueError("Redis URL is not a valid URL (bad port or brackets)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _REDIS_SCHEMES:
+        shown = scheme if scheme.isalnum() and len(scheme) < 30 else "?"
+        raise ValueError(
+            f"Redis URL must use redis://, rediss:// or unix://, got scheme {shown!r}; "
+            "or set it to 'embedded'"
+        )
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// Redis URL needs a socket path")
+    elif not parts.hostname:
+        raise ValueError("Redis URL has no host")
+    password = unquote(parts.password) if parts.password is not None else None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = []
+    for key, value in query:
+        if key.lower() == "password":
+            password = password if password is not None else value
+        else:
+            kept.append((key, value))
+    if scheme != "unix" and parts.path not in ("", "/"):
+        db = parts.path.lstrip("/")
+        if not db.isdigit():
+            raise ValueError("Redis URL database must be a number (redis://host:6379/0)")
+    netloc = ""
+    if parts.username:
+        netloc = quote(unquote(parts.username), safe="") + "@"
+    if parts.hostname:
+        host = parts.hostname
+        netloc += f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    clean = urlunsplit((scheme, netloc, parts.path, urlencode(kept), ""))
+    return clean, password

@@ -1,0 +1,280 @@
+"""PostgreSQL through SQLAlchemy 2 async on asyncpg: engines, sessions, ping and shutdown.
+
+Two pools share one configuration. Read-write sessions use ordinary transactions and commit on a
+clean exit. Read-only sessions use an autocommit pool whose connections are opened with
+`default_transaction_read_only=on`: a primary-key read costs one round trip (no BEGIN/COMMIT), and
+a write is refused by PostgreSQL itself as well as by the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+
+from core._aio import finish_shielded
+from core.config import Settings, get_settings, redact_url
+
+__all__ = ["DatabaseManager", "ReadOnlySessionError", "db_manager"]
+
+log = logging.getLogger("dualcore.database")
+
+T = TypeVar("T")
+
+# How long cleanup may take before the connection is thrown away instead of returned.
+_CLEANUP_TIMEOUT = 5.0
+
+
+class ReadOnlySessionError(RuntimeError):
+    """A read-only session was asked to write."""
+
+
+class _ReadOnlySession(Session):
+    def flush(self, objects: Any = None) -> None:
+        if self.new or self.dirty or self.deleted:
+            raise ReadOnlySessionError(
+                "this session is read-only; use get_session() for writes"
+            )
+        super().flush(objects)
+
+
+class DatabaseManager:
+    """Owns the engines and session factories for one PostgreSQL database.
+
+    Build it with settings (or let it read `get_settings()` on first use), enter it or call
+    `start()`, then use `get_session()`. `close()` disposes everything; a closed manager can be
+    started again.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._engine: AsyncEngine | None = None
+        self._read_engine: AsyncEngine | None = None
+        self._rw_factory: async_sessionmaker[AsyncSession] | None = None
+        self._ro_factory: async_sessionmaker[AsyncSession] | None = None
+        self._embedded: Any = None
+        self._url_override: str | None = None
+
+    # --- configuration ---------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in use (read from the environment on first access if none were given)."""
+        if self._settings is None:
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def url(self) -> str:
+        """The database URL without its password."""
+        return self._url_override or self.settings.database.url
+
+    @property
+    def safe_url(self) -> str:
+        """The URL safe to show to people and logs."""
+        return redact_url(self.url)
+
+    def _sqlalchemy_url(self, read_only: bool) -> URL:
+        return self.settings.database.sqlalchemy_url(self.url)
+
+    def _engine_kwargs(self, read_only: bool) -> dict[str, Any]:
+        db = self.settings.database
+        server_settings = {"application_name": db.application_name or self.settings.app.name}
+        if db.statement_timeout:
+            server_settings["statement_timeout"] = str(int(db.statement_timeout * 1000))
+        if read_only:
+            server_settings["default_transaction_read_only"] = "on"
+        connect_args: dict[str, Any] = {
+            "server_settings": server_settings,
+            "timeout": db.connect_timeout,
+            "command_timeout": db.effective_command_timeout,
+        }
+        if db.pgbouncer:
+            # Transaction pooling hands each transaction to any server connection, so a named
+            # prepared statement may not exist where the next query runs.
+            connect_args["statement_cache_size"] = 0
+            connect_args["prepared_statement_cache_size"] = 0
+        kwargs: dict[str, Any] = {
+            "pool_size": db.pool_size,
+            "max_overflow": db.max_overflow,
+            "pool_timeout": db.pool_timeout,
+            "pool_recycle": db.pool_recycle,
+            "pool_pre_ping": db.pool_pre_ping,
+            "echo": db.echo,
+            "connect_args": connect_args,
+        }
+        if read_only:
+            kwargs["isolation_level"] = "AUTOCOMMIT"
+        return kwargs
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start an embedded server if configured, and build the engines. Idempotent."""
+        if self._engine is not None:
+            return
+        if self.settings.database.is_embedded:
+            from core.embedded import start_embedded_postgres
+
+            self._embedded, self._url_override = await start_embedded_postgres(self.settings)
+        self._build()
+
+    def _build(self) -> None:
+        if self.url == "embedded":
+            raise RuntimeError("DATABASE_URL=embedded: call `await manager.start()` first")
+        self._engine = create_async_engine(self._sqlalchemy_url(False), **self._engine_kwargs(False))
+        self._read_engine = create_async_engine(
+            self._sqlalchemy_url(True), **self._engine_kwargs(True)
+        )
+        self._rw_factory = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._ro_factory = async_sessionmaker(
+            self._read_engine,
+            expire_on_commit=False,
+            autoflush=False,
+            sync_session_class=_ReadOnlySession,
+        )
+
+    async def close(self) -> None:
+        """Dispose both pools (and stop an embedded server this manager started)."""
+        engines = [e for e in (self._read_engine, self._engine) if e is not None]
+        self._engine = self._read_engine = None
+        self._rw_factory = self._ro_factory = None
+        errors: list[BaseException] = []
+        for engine in engines:
+            try:
+                await engine.dispose()
+            except Exception as exc:
+                errors.append(exc)
+        if self._embedded is not None:
+            embedded, self._embedded, self._url_override = self._embedded, None, None
+            await embedded.aclose()
+        if errors:
+            raise errors[0]
+
+    async def __aenter__(self) -> DatabaseManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The read-write engine."""
+        if self._engine is None:
+            self._build()
+        assert self._engine is not None
+        return self._engine
+
+    @property
+    def read_engine(self) -> AsyncEngine:
+        """The autocommit, read-only engine used by `get_session(read_only=True)`."""
+        if self._read_engine is None:
+            self._build()
+        assert self._read_engine is not None
+        return self._read_engine
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def session_factory(self, *, read_only: bool = False) -> async_sessionmaker[AsyncSession]:
+        """The sessionmaker behind `get_session()`, for code that manages sessions itself."""
+        if self._rw_factory is None:
+            self._build()
+        factory = self._ro_factory if read_only else self._rw_factory
+        assert factory is not None
+        return factory
+
+    @asynccontextmanager
+    async def get_session(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session that commits on a clean exit, rolls back on error and always closes.
+
+        With `read_only=True` no transaction is opened and nothing is committed: each statement
+        runs on its own, and any attempt to write raises `ReadOnlySessionError` (or is refused by
+        PostgreSQL). Cleanup completes even if the task is cancelled, so no connection is left
+        checked out.
+        """
+        session = self.session_factory(read_only=read_only)()
+        try:
+            yield session
+            if not read_only:
+                await session.commit()
+        finally:
+            await finish_shielded(_release(session))
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        attempts: int | None = None,
+    ) -> T:
+        """Run `fn(session)` in one transaction, re-running the whole unit of work on a
+        serialization failure or deadlock (never a partial one)."""
+        from core.resilience import RetryPolicy, is_serialization_failure, retry
+
+        policy = RetryPolicy.from_settings(self.settings.resilience)
+        if attempts is not None:
+            policy = policy.with_attempts(attempts)
+        policy = policy.with_retry_on(is_serialization_failure)
+
+        async def unit() -> T:
+            async with self.get_session() as session:
+                return await fn(session)
+
+        return await retry(unit, policy)
+
+    # --- checks ----------------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Run `SELECT 1` on the server; return the round-trip time in seconds."""
+        start = time.perf_counter()
+        async with self.read_engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        return time.perf_counter() - start
+
+    async def server_version(self) -> str:
+        """The server's version string (`SHOW server_version`)."""
+        async with self.read_engine.connect() as conn:
+            return str((await conn.execute(text("SHOW server_version"))).scalar_one())
+
+    async def create_all(self, metadata: MetaData | None = None) -> None:
+        """Create all tables of `metadata` (default `Base.metadata`). Development only:
+        other environments use migrations."""
+        if self.settings.app.environment != "development":
+            raise RuntimeError(
+                "create_all() runs only in the development environment; "
+                "use migrations (dualcore db upgrade) elsewhere"
+            )
+        if metadata is None:
+            from core.models import Base
+
+            metadata = Base.metadata
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    def __repr__(self) -> str:
+        return f"DatabaseManager(url={self.safe_url!r}, started={self._engine is not None})"
+
+
+async def _release(session: AsyncSession) -> None:
+    """Close the session (rolling back anything uncommitted); if that cannot finish in time,
+    throw the connection away so it is never returned to the pool mid-transaction."""
+    try:
+        await asyncio.wait_for(session.close(), _CLEANUP_TIMEOUT)
+    except Exception as exc:
+        log.warning("session close failed (%s); invalidating its connection", type(exc).__name__)
+        try:
+            await session.invalidate()
+        except Exception:
+            log.exception("invalidating a session's connection failed")
+
+
+db_manager = DatabaseManager()
+"""The process-wide manager built from `get_settings()`, for services that prefer a global."""

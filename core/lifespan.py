@@ -1,0 +1,213 @@
+"""Start and stop the core's resources around an application's life.
+
+`lifespan` works as `FastAPI(lifespan=lifespan)` and as `Litestar(lifespan=[lifespan])`. Build your
+own with `Lifespan(db=..., redis=...)` to use managers you created.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
+
+import anyio
+
+from core._aio import finish_shielded
+from core.config import Settings, get_settings
+
+__all__ = ["DependencyUnavailable", "Lifespan", "Resource", "lifespan"]
+
+log = logging.getLogger("dualcore.lifespan")
+
+
+class Resource(Protocol):
+    """What the lifespan manages: something that starts, answers a ping and closes."""
+
+    @property
+    def safe_url(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def ping(self) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+class DependencyUnavailable(RuntimeError):
+    """A dependency did not become reachable within the start-up bound."""
+
+    def __init__(self, dependency: str, url: str, waited: float, attempts: int, cause: str):
+        self.dependency = dependency
+        self.url = url
+        super().__init__(
+            f"{dependency} at {url} is not reachable after {waited:.1f}s "
+            f"({attempts} attempt{'s' if attempts != 1 else ''}): {cause}"
+        )
+
+
+def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:300]
+
+
+async def wait_until_ready(
+    name: str,
+    resource: Resource,
+    *,
+    timeout: float,
+    secrets: Sequence[str] = (),
+    base_delay: float = 0.1,
+    max_delay: float = 2.0,
+) -> None:
+    """Ping `resource` until it answers, with jittered exponential backoff, for at most
+    `timeout` seconds in total; then raise `DependencyUnavailable`."""
+    started = time.monotonic()
+    deadline = started + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - time.monotonic()
+        try:
+            with anyio.fail_after(max(remaining, 0.001)):
+                await resource.ping()
+            return
+        except Exception as exc:
+            last = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+        log.info("%s not ready (%s); retrying in %.2fs", name, type(last).__name__, delay)
+        await anyio.sleep(min(delay, remaining))
+        if time.monotonic() >= deadline:
+            break
+    waited = time.monotonic() - started
+    cause = "timed out" if isinstance(last, TimeoutError) else _describe(last, secrets)
+    raise DependencyUnavailable(name, resource.safe_url, waited, attempt, cause) from None
+
+
+class Lifespan:
+    """Starts the given resources, waits until each answers, and closes them in reverse order.
+
+    An instance is callable with the application (`lifespan(app)`) and is itself an async
+    context manager, so it fits FastAPI, Litestar and plain `async with`.
+    """
+
+    def __init__(
+        self,
+        db: Any = None,
+        redis: Any = None,
+        *,
+        settings: Settings | None = None,
+        extra: Sequence[tuple[str, Resource]] = (),
+        on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self._db = db
+        self._redis = redis
+        self._settings = settings
+        self._extra = list(extra)
+        self._on_startup = list(on_startup)
+        self._started: list[tuple[str, Resource]] = []
+
+    @property
+    def settings(self) -> Settings:
+        """The settings used for start-up and shutdown bounds."""
+        if self._settings is None:
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def db(self) -> Any:
+        """The database manager (the global `db_manager` unless one was given)."""
+        if self._db is None:
+            from core.database import db_manager
+
+            self._db = db_manager
+        return self._db
+
+    @property
+    def redis(self) -> Any:
+        """The Redis manager (the global `redis_manager` unless one was given)."""
+        if self._redis is None:
+            from core.redis_client import redis_manager
+
+            self._redis = redis_manager
+        return self._redis
+
+    def resources(self) -> list[tuple[str, Resource]]:
+        """The named resources in start order."""
+        return [("PostgreSQL", self.db), ("Redis", self.redis), *self._extra]
+
+    def __call__(self, app: object = None) -> AbstractAsyncContextManager[None]:
+        return self._run()
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[None]:
+        await self.__aenter__()
+        try:
+            yield
+        finally:
+            await self.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> Lifespan:
+        settings = self.settings
+        secrets = [
+            s.get_secret_value()
+            for s in (settings.database.password, settings.redis.password)
+            if s is not None
+        ]
+        timeout = settings.app.startup_timeout
+        try:
+            # Dependencies start concurrently: start-up takes the slowest, not the sum.
+            async with anyio.create_task_group() as tg:
+                for name, resource in self.resources():
+                    self._started.append((name, resource))
+                    tg.start_soon(self._start_one, name, resource, timeout, secrets)
+            for hook in self._on_startup:
+                await hook()
+        except BaseException as exc:
+            await finish_shielded(self._close_all())
+            failure = _first_dependency_error(exc)
+            if failure is not None:
+                raise failure from None
+            raise
+        return self
+
+    async def _start_one(
+        self, name: str, resource: Resource, timeout: float, secrets: Sequence[str]
+    ) -> None:
+        await resource.start()
+        await wait_until_ready(name, resource, timeout=timeout, secrets=secrets)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await finish_shielded(self._close_all())
+
+    async def _close_all(self) -> None:
+        timeout = self.settings.app.shutdown_timeout
+        while self._started:
+            name, resource = self._started.pop()
+            try:
+                with anyio.fail_after(timeout):
+                    await resource.close()
+            except Exception:
+                log.exception("closing %s failed; closing the others anyway", name)
+
+
+def _first_dependency_error(exc: BaseException) -> DependencyUnavailable | None:
+    if isinstance(exc, DependencyUnavailable):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _first_dependency_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+lifespan = Lifespan()
+"""The default lifespan over the global `db_manager` and `redis_manager`."""

@@ -1,0 +1,155 @@
+"""Redis through redis-py's asyncio client: one bounded pool, explicit retries, ping and close."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.config import Settings, get_settings, redact_url
+
+if TYPE_CHECKING:
+    from core.cache import Cache
+
+__all__ = ["RedisManager", "redis_manager"]
+
+T = TypeVar("T")
+
+
+class RedisManager:
+    """Owns a Redis connection pool and client.
+
+    Pass `client=` to use a client you built yourself; the manager then never closes it.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, client: Redis | None = None) -> None:
+        self._settings = settings
+        self._client = client
+        self._owns_client = client is None
+        self._cache: Cache | None = None
+        self._embedded: Any = None
+        self._url_override: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in use (read from the environment on first access if none were given)."""
+        if self._settings is None:
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def url(self) -> str:
+        """The Redis URL without its password."""
+        return self._url_override or self.settings.redis.url
+
+    @property
+    def safe_url(self) -> str:
+        """The URL safe to show to people and logs."""
+        return redact_url(self.url)
+
+    def _build(self) -> Redis:
+        if self.url == "embedded":
+            raise RuntimeError("REDIS_URL=embedded: call `await manager.start()` first")
+        cfg = self.settings.redis
+        # redis-py does not retry by default: without this, the first command on a pooled
+        # connection that the server closed while idle fails instead of reconnecting.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), cfg.retry_attempts)
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            max_connections=cfg.max_connections,
+            timeout=cfg.pool_timeout,
+            socket_timeout=cfg.socket_timeout,
+            socket_connect_timeout=cfg.socket_connect_timeout,
+            health_check_interval=cfg.health_check_interval,
+            retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+            client_name=self.settings.app.name,
+        )
+        return Redis(connection_pool=pool)
+
+    async def start(self) -> None:
+        """Start an embedded server if configured, and build the client. Idempotent."""
+        if self._client is not None:
+            return
+        if self.settings.redis.is_embedded:
+            from core.embedded import start_embedded_redis
+
+            self._embedded, self._url_override = await start_embedded_redis(self.settings)
+        self._client = self._build()
+
+    @property
+    def client(self) -> Redis:
+        """The shared, pool-backed client (safe to use from many tasks at once)."""
+        if self._client is None:
+            self._client = self._build()
+        return self._client
+
+    @asynccontextmanager
+    async def get_client_context(self) -> AsyncIterator[Redis]:
+        """The client, as a context manager; connections return to the pool per command."""
+        yield self.client
+
+    @property
+    def cache(self) -> Cache:
+        """The cache built on this client with the configured prefix and cache settings."""
+        if self._cache is None:
+            from core.cache import Cache
+
+            self._cache = Cache(
+                self.client, prefix=self.settings.redis.key_prefix, settings=self.settings.cache
+            )
+        return self._cache
+
+    async def get_or_set(
+        self, key: str, callback: Callable[[], Awaitable[T]], ttl: float | None = None
+    ) -> T:
+        """Return the cached value of `key`, or compute it with `callback` and cache it."""
+        return await self.cache.get_or_set(key, callback, ttl=ttl)
+
+    async def ping(self) -> float:
+        """PING the server; return the round-trip time in seconds."""
+        start = time.perf_counter()
+        await self.client.ping()
+        return time.perf_counter() - start
+
+    async def server_version(self) -> str:
+        """The server's version (`INFO server`)."""
+        info = await self.client.info("server")
+        return str(info.get("redis_version", "unknown"))
+
+    async def close(self) -> None:
+        """Close the client and its pool if this manager built them."""
+        self._cache = None
+        client = self._client
+        try:
+            if client is not None and self._owns_client:
+                self._client = None
+                await client.aclose()
+                await client.connection_pool.disconnect()
+        finally:
+            if self._embedded is not None:
+                embedded, self._embedded, self._url_override = self._embedded, None, None
+                await embedded.aclose()
+
+    async def __aenter__(self) -> RedisManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisManager(url={self.safe_url!r}, started={self._client is not None})"
+
+
+redis_manager = RedisManager()
+"""The process-wide manager built from `get_settings()`, for services that prefer a global."""

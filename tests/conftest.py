@@ -1,0 +1,96 @@
+"""Shared fixtures: real PostgreSQL and Redis, each test isolated.
+
+Servers come from DUALCORE_TEST_DATABASE_URL / DUALCORE_TEST_REDIS_URL, else the local
+127.0.0.1:5432 / 127.0.0.1:6379 when reachable, else embedded servers started for the run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+LOCAL_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real PostgreSQL server for this test run."""
+    if url := os.environ.get("DUALCORE_TEST_DATABASE_URL"):
+        yield url
+    elif _reachable("127.0.0.1", 5432):
+        yield LOCAL_PG
+    else:
+        from core.embedded import EmbeddedPostgres
+
+        with EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg"))) as pg:
+            yield pg.url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis server for this test run."""
+    if url := os.environ.get("DUALCORE_TEST_REDIS_URL"):
+        yield url
+    elif _reachable("127.0.0.1", 6379):
+        yield LOCAL_REDIS
+    else:
+        from core.embedded import EmbeddedRedis
+
+        with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis"))) as server:
+            yield server.url
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A Redis key namespace private to one test."""
+    return f"dctest:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client; keys under `key_prefix` are deleted afterwards."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{key_prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+async def pg_schema(database_url: str) -> AsyncIterator[str]:
+    """A PostgreSQL schema private to one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{name}"'))
+        yield name
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+    finally:
+        await engine.dispose()

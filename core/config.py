@@ -89,6 +89,9 @@ class DatabaseSettings(_Group):
     )
     connect_timeout: float = Field(5.0, gt=0, le=300)
     application_name: str | None = Field(None, max_length=63)
+    search_path: str | None = Field(
+        None, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(, *[A-Za-z_][A-Za-z0-9_$]*)*$"
+    )
     echo: bool = False
     pgbouncer: bool = Field(False, description="transaction pooling: no prepared statement cache")
 
@@ -263,6 +266,11 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
+def _valid_host(host: str) -> bool:
+    # Names, IPv4 and IPv6 (with a zone id); rejects spaces and stray URL delimiters.
+    return all(c.isalnum() or c in "._-:%" for c in host)
+
+
 def _normalise_pg_url(raw: Any) -> tuple[str, str | None]:
     """Normalise to the asyncpg driver; return (url without password, password)."""
     if not isinstance(raw, str):
@@ -270,7 +278,8 @@ def _normalise_pg_url(raw: Any) -> tuple[str, str | None]:
     raw = raw.strip()
     if raw.lower() == EMBEDDED:
         return EMBEDDED, None
-    scheme = raw.partition("://")[0].lower()
+    # Without "://" the whole value may be a pasted password: never echo it as a "scheme".
+    scheme = raw.partition("://")[0].lower() if "://" in raw else ""
     if scheme not in _PG_SCHEMES:
         shown = scheme if scheme.replace("+", "").isalnum() and len(scheme) < 30 else "?"
         raise ValueError(
@@ -283,14 +292,21 @@ def _normalise_pg_url(raw: Any) -> tuple[str, str | None]:
         raise ValueError("database URL is not a valid URL") from None
     if not url.host and "host" not in url.query:
         raise ValueError("database URL has no host")
+    if url.host and not _valid_host(url.host):
+        raise ValueError("database URL has an invalid host")
     try:
-        _ = url.port
+        port = url.port
     except ValueError:
         raise ValueError("database URL has an invalid port") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("database URL has an invalid port")
     password = url.password
-    url = URL.create(
-        "postgresql+asyncpg", url.username, None, url.host, url.port, url.database, url.query
-    )
+    # asyncpg also takes `?password=`: move it out so the stored URL stays printable.
+    query = {k: v for k, v in url.query.items() if k != "password"}
+    if password is None and "password" in url.query:
+        value = url.query["password"]
+        password = value if isinstance(value, str) else value[0]
+    url = URL.create("postgresql+asyncpg", url.username, None, url.host, port, url.database, query)
     return url.render_as_string(hide_password=False), (
         str(password) if password is not None else None
     )
@@ -308,7 +324,7 @@ def _normalise_redis_url(raw: Any) -> tuple[str, str | None]:
         port = parts.port
     except ValueError:
         raise ValueError("Redis URL is not a valid URL (bad port or brackets)") from None
-    scheme = parts.scheme.lower()
+    scheme = parts.scheme.lower() if "://" in raw else ""
     if scheme not in _REDIS_SCHEMES:
         shown = scheme if scheme.isalnum() and len(scheme) < 30 else "?"
         raise ValueError(
@@ -320,6 +336,10 @@ def _normalise_redis_url(raw: Any) -> tuple[str, str | None]:
             raise ValueError("unix:// Redis URL needs a socket path")
     elif not parts.hostname:
         raise ValueError("Redis URL has no host")
+    elif not _valid_host(parts.hostname):
+        raise ValueError("Redis URL has an invalid host")
+    if port == 0:
+        raise ValueError("Redis URL is not a valid URL (bad port or brackets)")
     password = unquote(parts.password) if parts.password is not None else None
     query = parse_qsl(parts.query, keep_blank_values=True)
     kept = []

@@ -90,6 +90,8 @@ class DatabaseManager:
         server_settings = {"application_name": db.application_name or self.settings.app.name}
         if db.statement_timeout:
             server_settings["statement_timeout"] = str(int(db.statement_timeout * 1000))
+        if db.search_path:
+            server_settings["search_path"] = db.search_path
         if read_only:
             server_settings["default_transaction_read_only"] = "on"
         connect_args: dict[str, Any] = {

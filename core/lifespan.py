@@ -10,15 +10,23 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
 
 from core._aio import finish_shielded
 from core.config import Settings, get_settings
+from core.health import HealthRegistry
 
-__all__ = ["DependencyUnavailable", "Lifespan", "Resource", "lifespan"]
+__all__ = [
+    "DependencyUnavailable",
+    "Lifespan",
+    "Resource",
+    "combine_lifespans",
+    "lifespan",
+    "wait_until_ready",
+]
 
 log = logging.getLogger("dualcore.lifespan")
 
@@ -106,7 +114,7 @@ class Lifespan:
         *,
         settings: Settings | None = None,
         extra: Sequence[tuple[str, Resource]] = (),
-        on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+        on_startup: Sequence[Callable[[Lifespan], Awaitable[None]]] = (),
     ) -> None:
         self._db = db
         self._redis = redis
@@ -114,6 +122,7 @@ class Lifespan:
         self._extra = list(extra)
         self._on_startup = list(on_startup)
         self._started: list[tuple[str, Resource]] = []
+        self._health: HealthRegistry | None = None
 
     @property
     def settings(self) -> Settings:
@@ -139,6 +148,18 @@ class Lifespan:
 
             self._redis = redis_manager
         return self._redis
+
+    @property
+    def health(self) -> HealthRegistry:
+        """Readiness checks: PostgreSQL and Redis, plus any added with `health.add(...)`."""
+        if self._health is None:
+            registry = HealthRegistry()
+            registry.add("postgresql", self.db.ping)
+            registry.add("redis", self.redis.ping)
+            for name, resource in self._extra:
+                registry.add(name.lower(), resource.ping)
+            self._health = registry
+        return self._health
 
     def resources(self) -> list[tuple[str, Resource]]:
         """The named resources in start order."""
@@ -170,7 +191,7 @@ class Lifespan:
                     self._started.append((name, resource))
                     tg.start_soon(self._start_one, name, resource, timeout, secrets)
             for hook in self._on_startup:
-                await hook()
+                await hook(self)
         except BaseException as exc:
             await finish_shielded(self._close_all())
             failure = _first_dependency_error(exc)
@@ -197,6 +218,22 @@ class Lifespan:
                     await resource.close()
             except Exception:
                 log.exception("closing %s failed; closing the others anyway", name)
+
+
+def combine_lifespans(
+    *lifespans: Callable[[Any], AbstractAsyncContextManager[Any]],
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """One lifespan that enters each given lifespan in order and exits them in reverse, e.g.
+    `FastAPI(lifespan=combine_lifespans(lifespan, my_lifespan))`."""
+
+    @asynccontextmanager
+    async def combined(app: Any = None) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for item in lifespans:
+                await stack.enter_async_context(item(app))
+            yield
+
+    return combined
 
 
 def _first_dependency_error(exc: BaseException) -> DependencyUnavailable | None:

@@ -6,6 +6,7 @@ Servers come from DUALCORE_TEST_DATABASE_URL / DUALCORE_TEST_REDIS_URL, else the
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import uuid
@@ -16,6 +17,28 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+def _frameworks() -> list[str]:
+    """Frameworks under test: DUALCORE_TEST_FRAMEWORKS (comma list or "none"), else all
+    installed. Naming one that is not installed is an error, never a silent skip."""
+    installed = [f for f in ("fastapi", "litestar") if importlib.util.find_spec(f) is not None]
+    wanted = os.environ.get("DUALCORE_TEST_FRAMEWORKS")
+    if wanted is None:
+        return installed
+    names = [] if wanted.strip() == "none" else [w.strip() for w in wanted.split(",")]
+    missing = [n for n in names if n not in installed]
+    if missing:
+        raise pytest.UsageError(f"DUALCORE_TEST_FRAMEWORKS names uninstalled {missing}")
+    return names
+
+
+FRAMEWORKS = _frameworks()
+
+# Modules named after one framework import it at the top; modules that cover both are
+# parametrised over FRAMEWORKS and need at least one.
+collect_ignore_glob = [f"test_*{f}*.py" for f in ("fastapi", "litestar") if f not in FRAMEWORKS]
+if not FRAMEWORKS:
+    collect_ignore_glob += ["test_scenarios*.py", "test_observability*.py", "test_readme*.py"]
 
 LOCAL_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"

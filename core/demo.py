@@ -1,0 +1,59 @@
+"""`dualcore demo`: run the example users service, on embedded servers unless URLs are set."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["run_demo"]
+
+_URL_NAMES = {"DATABASE": ("DATABASE_URL", "DATABASE__URL"), "REDIS": ("REDIS_URL", "REDIS__URL")}
+
+
+def _configured(names: tuple[str, ...]) -> bool:
+    from dotenv import dotenv_values
+
+    env_file = {k.upper(): v for k, v in dotenv_values(".env").items()} if Path(".env").exists() else {}
+    return any(os.environ.get(n) or os.environ.get(n.lower()) or env_file.get(n) for n in names)
+
+
+def run_demo(*, framework: str, host: str, port: int) -> int:
+    """Serve the example app with uvicorn until interrupted; returns an exit status."""
+    for group, names in _URL_NAMES.items():
+        if not _configured(names):
+            os.environ[f"{group}_URL"] = "embedded"
+            print(f"{group}_URL not set: using an embedded server (data in ./.dualcore)")
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(f"examples.{framework}_app")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("examples"):
+            print("The demo runs the examples/ folder of a dualcore checkout: run it from there.")
+            return 2
+        print(f"{exc.name} is not installed: pip install 'dualcore[{framework},embedded]'")
+        return 2
+
+    import uvicorn
+
+    from core.config import get_settings
+    from core.lifespan import Lifespan
+    from core.migrations import upgrade_to_head
+
+    get_settings.cache_clear()
+
+    async def migrate(core: Lifespan) -> None:
+        await upgrade_to_head(core.db)
+
+    core = Lifespan(on_startup=[migrate])
+    app = module.create_app(core)
+    print(f"dualcore demo ({framework}) on http://{host}:{port}")
+    print(f"  try: curl -s http://{host}:{port}/health/ready")
+    print(
+        f"       curl -s -X POST http://{host}:{port}/users "
+        "-H 'content-type: application/json' -d '{\"email\": \"ada@example.com\", \"name\": \"Ada\"}'"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info")
+    return 0

@@ -1,0 +1,1 @@
+"""Example services: one users service, served by FastAPI and by Litestar."""

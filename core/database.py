@@ -17,7 +17,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session
 
 from core._aio import finish_shielded
@@ -40,9 +45,7 @@ class ReadOnlySessionError(RuntimeError):
 class _ReadOnlySession(Session):
     def flush(self, objects: Any = None) -> None:
         if self.new or self.dirty or self.deleted:
-            raise ReadOnlySessionError(
-                "this session is read-only; use get_session() for writes"
-            )
+            raise ReadOnlySessionError("this session is read-only; use get_session() for writes")
         super().flush(objects)
 
 
@@ -132,7 +135,9 @@ class DatabaseManager:
     def _build(self) -> None:
         if self.url == "embedded":
             raise RuntimeError("DATABASE_URL=embedded: call `await manager.start()` first")
-        self._engine = create_async_engine(self._sqlalchemy_url(False), **self._engine_kwargs(False))
+        self._engine = create_async_engine(
+            self._sqlalchemy_url(False), **self._engine_kwargs(False)
+        )
         self._read_engine = create_async_engine(
             self._sqlalchemy_url(True), **self._engine_kwargs(True)
         )
@@ -221,10 +226,10 @@ class DatabaseManager:
         serialization failure or deadlock (never a partial one)."""
         from core.resilience import RetryPolicy, is_serialization_failure, retry
 
-        policy = RetryPolicy.from_settings(self.settings.resilience)
+        overrides: dict[str, Any] = {"retry_on": is_serialization_failure}
         if attempts is not None:
-            policy = policy.with_attempts(attempts)
-        policy = policy.with_retry_on(is_serialization_failure)
+            overrides["attempts"] = attempts
+        policy = RetryPolicy.from_settings(self.settings.resilience, **overrides)
 
         async def unit() -> T:
             async with self.get_session() as session:

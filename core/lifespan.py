@@ -6,8 +6,8 @@ own with `Lifespan(db=..., redis=...)` to use managers you created.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -18,6 +18,7 @@ import anyio
 from core._aio import finish_shielded
 from core.config import Settings, get_settings
 from core.health import HealthRegistry
+from core.resilience import RetryPolicy, is_transient
 
 __all__ = [
     "DependencyUnavailable",
@@ -64,6 +65,11 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     return text[:300]
 
 
+def _worth_waiting_for(exc: BaseException) -> bool:
+    # A server that is still starting refuses or times out; a wrong password will not heal.
+    return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or is_transient(exc)
+
+
 async def wait_until_ready(
     name: str,
     resource: Resource,
@@ -73,31 +79,36 @@ async def wait_until_ready(
     base_delay: float = 0.1,
     max_delay: float = 2.0,
 ) -> None:
-    """Ping `resource` until it answers, with jittered exponential backoff, for at most
-    `timeout` seconds in total; then raise `DependencyUnavailable`."""
+    """Ping `resource` until it answers, retrying transient failures with jittered exponential
+    backoff for at most `timeout` seconds in total; then raise `DependencyUnavailable`."""
     started = time.monotonic()
     deadline = started + timeout
-    attempt = 0
-    while True:
-        attempt += 1
-        remaining = deadline - time.monotonic()
-        try:
-            with anyio.fail_after(max(remaining, 0.001)):
-                await resource.ping()
-            return
-        except Exception as exc:
-            last = exc
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
-        log.info("%s not ready (%s); retrying in %.2fs", name, type(last).__name__, delay)
-        await anyio.sleep(min(delay, remaining))
-        if time.monotonic() >= deadline:
-            break
-    waited = time.monotonic() - started
-    cause = "timed out" if isinstance(last, TimeoutError) else _describe(last, secrets)
-    raise DependencyUnavailable(name, resource.safe_url, waited, attempt, cause) from None
+    attempts = 0
+
+    async def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        # Each ping is cut off at the overall deadline, so a hung server cannot stretch it.
+        with anyio.fail_after(max(deadline - time.monotonic(), 0.001)):
+            await resource.ping()
+
+    def on_retry(attempt_no: int, exc: BaseException, delay: float) -> None:
+        log.info("%s not ready (%s); retrying in %.2fs", name, type(exc).__name__, delay)
+
+    policy = RetryPolicy(
+        attempts=10_000,
+        max_time=timeout,
+        base_delay=base_delay,
+        max_delay=max_delay,
+        retry_on=_worth_waiting_for,
+    )
+    try:
+        await policy.call(attempt, on_retry=on_retry)
+    except Exception as exc:
+        waited = time.monotonic() - started
+        timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+        cause = "timed out" if timed_out else _describe(exc, secrets)
+        raise DependencyUnavailable(name, resource.safe_url, waited, attempts, cause) from None
 
 
 class Lifespan:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+
 def _frameworks() -> list[str]:
     """Frameworks under test: DUALCORE_TEST_FRAMEWORKS (comma list or "none"), else all
     installed. Naming one that is not installed is an error, never a silent skip."""

@@ -18,6 +18,8 @@ import anyio
 from core._aio import finish_shielded
 from core.config import Settings, get_settings
 from core.health import HealthRegistry
+from core.observability import Metrics, ObservabilityMiddleware, observe_engine
+from core.observability.asgi_types import ASGIApp
 from core.resilience import RetryPolicy, is_transient
 
 __all__ = [
@@ -134,6 +136,8 @@ class Lifespan:
         self._on_startup = list(on_startup)
         self._started: list[tuple[str, Resource]] = []
         self._health: HealthRegistry | None = None
+        self._metrics: Metrics | None = None
+        self._unobserve: list[Callable[[], None]] = []
 
     @property
     def settings(self) -> Settings:
@@ -166,11 +170,29 @@ class Lifespan:
         if self._health is None:
             registry = HealthRegistry()
             registry.add("postgresql", self.db.ping)
+            # Reads fall back to the primary, so a replica being down degrades, never fails.
+            for name, probe in getattr(self.db, "replica_checks", list)():
+                registry.add(name, probe, required=False)
             registry.add("redis", self.redis.ping)
             for name, resource in self._extra:
                 registry.add(name.lower(), resource.ping)
             self._health = registry
         return self._health
+
+    @property
+    def metrics(self) -> Metrics:
+        """This service's Prometheus metrics (its own registry, served at `/metrics`)."""
+        if self._metrics is None:
+            self._metrics = Metrics()
+        return self._metrics
+
+    def wrap_asgi(self, app: ASGIApp) -> ASGIApp:
+        """`app` inside the observability middleware (request id, access log, metrics)."""
+        if isinstance(app, ObservabilityMiddleware):
+            return app
+        return ObservabilityMiddleware(
+            app, settings=self.settings.observability, metrics=self.metrics
+        )
 
     def resources(self) -> list[tuple[str, Resource]]:
         """The named resources in start order."""
@@ -201,6 +223,7 @@ class Lifespan:
                 for name, resource in self.resources():
                     self._started.append((name, resource))
                     tg.start_soon(self._start_one, name, resource, timeout, secrets)
+            self._observe()
             for hook in self._on_startup:
                 await hook(self)
         except BaseException as exc:
@@ -220,7 +243,23 @@ class Lifespan:
     async def __aexit__(self, *exc_info: object) -> None:
         await finish_shielded(self._close_all())
 
+    def _observe(self) -> None:
+        obs = self.settings.observability
+        db = self.db
+        for name, attr in (("primary", "engine"), ("read", "read_engine")):
+            engine = getattr(db, attr, None)
+            if engine is not None:
+                self._unobserve.append(observe_engine(engine, obs, self.metrics, name=name))
+        redis = self.redis
+        if getattr(redis, "cache_metrics", False) is None:
+            redis.cache_metrics = self.metrics.cache("default")
+        breaker = getattr(redis, "breaker", None)
+        if breaker is not None and obs.metrics_enabled:
+            self.metrics.watch_breaker(breaker)
+
     async def _close_all(self) -> None:
+        while self._unobserve:
+            self._unobserve.pop()()
         timeout = self.settings.app.shutdown_timeout
         while self._started:
             name, resource = self._started.pop()

@@ -15,9 +15,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings, get_settings, redact_url
+from core.redis_topology import build_topology_client, is_topology_url
+
+from core.resilience import CircuitBreaker
 
 if TYPE_CHECKING:
     from core.cache import Cache
+    from core.cache.hooks import MetricsHook
 
 __all__ = ["RedisManager", "redis_manager"]
 
@@ -35,8 +39,13 @@ class RedisManager:
         self._client = client
         self._owns_client = client is None
         self._cache: Cache | None = None
+        self._breaker: CircuitBreaker | None = None
+        self.cache_metrics: MetricsHook | None = None
+        """Receives cache events (hits, misses, errors...); set before first use of `cache`."""
         self._embedded: Any = None
         self._url_override: str | None = None
+        # Set when the client is a Sentinel or Cluster client: it closes what that client opened.
+        self._close_topology: Callable[[], Awaitable[None]] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -58,6 +67,12 @@ class RedisManager:
     def _build(self) -> Redis:
         if self.url == "embedded":
             raise RuntimeError("REDIS_URL=embedded: call `await manager.start()` first")
+        if is_topology_url(self.url):
+            built = build_topology_client(
+                self.url, self.settings.redis, client_name=self.settings.app.name
+            )
+            self._close_topology = built.close
+            return built.client
         cfg = self.settings.redis
         # redis-py does not retry by default: without this, the first command on a pooled
         # connection that the server closed while idle fails instead of reconnecting.
@@ -105,9 +120,20 @@ class RedisManager:
             from core.cache import Cache
 
             self._cache = Cache(
-                self.client, prefix=self.settings.redis.key_prefix, settings=self.settings.cache
+                self.client,
+                prefix=self.settings.redis.key_prefix,
+                settings=self.settings.cache,
+                breaker=self.breaker,
+                metrics=self.cache_metrics,
             )
         return self._cache
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker guarding Redis: while open, the cache skips Redis entirely."""
+        if self._breaker is None:
+            self._breaker = CircuitBreaker.from_settings("redis", self.settings.resilience)
+        return self._breaker
 
     async def get_or_set(
         self, key: str, callback: Callable[[], Awaitable[T]], ttl: float | None = None
@@ -124,17 +150,26 @@ class RedisManager:
     async def server_version(self) -> str:
         """The server's version (`INFO server`)."""
         info = await self.client.info("server")
+        if "redis_version" not in info:
+            # A cluster answers with one INFO per node, keyed by node.
+            info = next((v for v in info.values() if isinstance(v, dict)), {})
         return str(info.get("redis_version", "unknown"))
 
     async def close(self) -> None:
         """Close the client and its pool if this manager built them."""
-        self._cache = None
+        cache, self._cache = self._cache, None
         client = self._client
         try:
+            if cache is not None:
+                await cache.aclose()
             if client is not None and self._owns_client:
                 self._client = None
-                await client.aclose()
-                await client.connection_pool.disconnect()
+                close_topology, self._close_topology = self._close_topology, None
+                if close_topology is not None:
+                    await close_topology()
+                else:
+                    await client.aclose()
+                    await client.connection_pool.disconnect()
         finally:
             if self._embedded is not None:
                 embedded, self._embedded, self._url_override = self._embedded, None, None

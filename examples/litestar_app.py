@@ -6,9 +6,9 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Litestar, Request, delete, get, patch, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.cache import Cache
@@ -23,23 +23,27 @@ def provide_cache(request: Request[Any, Any, Any]) -> Cache:
     return core.redis.cache
 
 
+Session = NamedDependency[AsyncSession]
+CacheDep = NamedDependency[Cache]
+
+
 @post("/users")
-async def create_user(data: UserCreate, db_session: AsyncSession, cache: Cache) -> UserOut:
+async def create_user(data: JSONBody[UserCreate], db_session: Session, cache: CacheDep) -> UserOut:
     return await UserService(db_session, cache).create(data)
 
 
 @get("/users")
 async def list_users(
-    read_session: AsyncSession,
-    cache: Cache,
-    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+    read_session: Session,
+    cache: CacheDep,
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
 ) -> UserPage:
     return await UserService(read_session, cache).list(limit=limit, offset=offset)
 
 
 @get("/users/{user_id:uuid}")
-async def get_user(user_id: uuid.UUID, read_session: AsyncSession, cache: Cache) -> UserOut:
+async def get_user(user_id: FromPath[uuid.UUID], read_session: Session, cache: CacheDep) -> UserOut:
     user = await UserService(read_session, cache).get(user_id)
     if user is None:
         raise NotFoundException("user not found")
@@ -47,7 +51,9 @@ async def get_user(user_id: uuid.UUID, read_session: AsyncSession, cache: Cache)
 
 
 @get("/users/{user_id:uuid}/cached")
-async def get_user_cached(user_id: uuid.UUID, read_session: AsyncSession, cache: Cache) -> UserOut:
+async def get_user_cached(
+    user_id: FromPath[uuid.UUID], read_session: Session, cache: CacheDep
+) -> UserOut:
     user = await UserService(read_session, cache).get_cached_user(user_id)
     if user is None:
         raise NotFoundException("user not found")
@@ -56,7 +62,7 @@ async def get_user_cached(user_id: uuid.UUID, read_session: AsyncSession, cache:
 
 @patch("/users/{user_id:uuid}")
 async def update_user(
-    user_id: uuid.UUID, data: UserUpdate, db_session: AsyncSession, cache: Cache
+    user_id: FromPath[uuid.UUID], data: JSONBody[UserUpdate], db_session: Session, cache: CacheDep
 ) -> UserOut:
     user = await UserService(db_session, cache).update(user_id, data)
     if user is None:
@@ -65,7 +71,7 @@ async def update_user(
 
 
 @delete("/users/{user_id:uuid}")
-async def delete_user(user_id: uuid.UUID, db_session: AsyncSession, cache: Cache) -> None:
+async def delete_user(user_id: FromPath[uuid.UUID], db_session: Session, cache: CacheDep) -> None:
     if not await UserService(db_session, cache).delete(user_id):
         raise NotFoundException("user not found")
 
@@ -73,7 +79,14 @@ async def delete_user(user_id: uuid.UUID, db_session: AsyncSession, cache: Cache
 def create_app(core: Lifespan | None = None) -> Litestar:
     """Build the app around `core` (default: the global lifespan built from settings)."""
     return Litestar(
-        route_handlers=[create_user, list_users, get_user, get_user_cached, update_user, delete_user],
+        route_handlers=[
+            create_user,
+            list_users,
+            get_user,
+            get_user_cached,
+            update_user,
+            delete_user,
+        ],
         dependencies={"cache": Provide(provide_cache, sync_to_thread=False)},
         plugins=[CorePlugin(core if core is not None else Lifespan())],
     )

@@ -104,12 +104,13 @@ def install(
         from core.observability import metrics_response
 
         async def metrics_route() -> Response:
-            body, content_type = metrics_response(core.metrics.registry)
-            return Response(body, media_type=content_type)
+            body, content_type = metrics_response(core.metrics)
+            return Response(body, headers={"content-type": content_type})
 
         app.add_api_route(obs.metrics_path, metrics_route, methods=["GET"], include_in_schema=False)
 
     if middleware:
-        # add_middleware prepends, so add innermost first.
-        for cls, kwargs in reversed(core.middleware()):
-            app.add_middleware(cls, **kwargs)
+        # Outside Starlette's own error handling, so the app's 500 handlers still answer and
+        # every response, unmatched paths included, is logged, counted and carries the id.
+        build = app.build_middleware_stack
+        app.build_middleware_stack = lambda: core.wrap_asgi(build())  # type: ignore[method-assign,assignment,arg-type,return-value]

@@ -12,9 +12,10 @@ response is sent), `read_session` (read-only) and `redis`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.exceptions.responses import create_exception_response
@@ -51,7 +52,16 @@ class CorePlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Register lifespan, dependencies, routes, exception handlers and middleware."""
         core = self.core
-        app_config.lifespan = [*app_config.lifespan, core]
+        wrap = self._middleware
+
+        def run_core(app: Litestar) -> AbstractAsyncContextManager[None]:
+            # Litestar's app-level middleware runs after routing, so unmatched paths would
+            # escape it; wrapping the app's handler sees every request.
+            if wrap:
+                app.asgi_handler = core.wrap_asgi(app.asgi_handler)  # type: ignore[arg-type,assignment]
+            return core(app)
+
+        app_config.lifespan = [*app_config.lifespan, run_core]
         app_config.state["dualcore"] = core
 
         async def provide_db_session() -> AsyncIterator[AsyncSession]:
@@ -100,18 +110,9 @@ class CorePlugin(InitPluginProtocol):
 
             @get(obs.metrics_path, include_in_schema=False)
             async def metrics_route() -> Response[bytes]:
-                body, content_type = metrics_response(core.metrics.registry)
+                body, content_type = metrics_response(core.metrics)
                 return Response(body, media_type=content_type)
 
             handlers.append(metrics_route)
         app_config.route_handlers = [*app_config.route_handlers, *handlers]
-
-        if self._middleware:
-            from litestar.middleware import DefineMiddleware
-
-            # The core's middleware wraps everything the app defines itself.
-            app_config.middleware = [
-                *(DefineMiddleware(cls, **kwargs) for cls, kwargs in core.middleware()),
-                *app_config.middleware,
-            ]
         return app_config

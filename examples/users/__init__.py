@@ -5,4 +5,12 @@ from examples.users.repository import UserRepository
 from examples.users.schemas import UserCreate, UserOut, UserPage, UserUpdate
 from examples.users.service import UserService
 
-__all__ = ["User", "UserCreate", "UserOut", "UserPage", "UserRepository", "UserService", "UserUpdate"]
+__all__ = [
+    "User",
+    "UserCreate",
+    "UserOut",
+    "UserPage",
+    "UserRepository",
+    "UserService",
+    "UserUpdate",
+]

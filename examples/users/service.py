@@ -49,7 +49,7 @@ class UserService:
             return user
 
         try:
-            return await self.cache.get_or_set(user_key(user_id), load, ttl=USER_TTL, model=UserOut)
+            return await self.cache.get_or_set(user_key(user_id), load, ttl=USER_TTL, type_=UserOut)
         except _NotFound:
             return None
 

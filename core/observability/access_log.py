@@ -1,0 +1,170 @@
+"""One structured access log line per HTTP request."""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+from time import perf_counter
+from urllib.parse import unquote_plus
+
+from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .formatting import FIELDS_ATTR, LogFormat, json_string, logfmt_value, renderer
+from .labels import route_label
+from .request_id import get_request_id
+
+__all__ = ["ACCESS_LOGGER", "SENSITIVE_KEY", "AccessLogMiddleware", "AccessLogger", "mask_query"]
+
+ACCESS_LOGGER = "dualcore.access"
+
+SENSITIVE_KEY = re.compile(
+    r"pass|pwd|secret|token|key|auth|sig|code|session|cookie|cred|jwt|otp|nonce|salt|private",
+    re.IGNORECASE,
+)
+"""Query keys whose values are masked: any key *containing* one of these fragments.
+
+Deliberately broad (`key` also masks `monkey`, `code` also masks `zipcode`): a masked harmless
+value costs little, a logged token costs a rotation.
+"""
+
+MASK = "***"
+_encode = json_string
+_lf = logfmt_value
+_MAX_LOGGED = 1024
+
+
+@lru_cache(maxsize=1024)
+def _is_sensitive(raw_key: str) -> bool:
+    return SENSITIVE_KEY.search(unquote_plus(raw_key)) is not None
+
+
+def mask_query(query_string: bytes) -> str:
+    """The query string with values of sensitive-looking keys replaced by `***`.
+
+    Keys and all other values are kept as sent (still percent-encoded); a key without `=` is kept.
+    The result is capped at 1024 characters.
+    """
+    if not query_string:
+        return ""
+    text = query_string[: _MAX_LOGGED * 4].decode("latin-1")
+    parts = []
+    for part in text.split("&"):
+        key, sep, _value = part.partition("=")
+        parts.append(f"{key}={MASK}" if sep and _is_sensitive(key) else part)
+    masked = "&".join(parts)
+    return masked if len(masked) <= _MAX_LOGGED else masked[:_MAX_LOGGED] + "..."
+
+
+class AccessLogger:
+    """Builds and emits access log records; shared by `AccessLogMiddleware` and the full stack.
+
+    Fields, in order: method, route (template), path, query (masked; only when present), status,
+    duration_ms, request_id, client (host only). Request bodies and headers are never logged.
+    The line is rendered as JSON or logfmt into the record's message; the same fields are also
+    attached as `record.fields` for structured handlers. Records carry no source location: the
+    caller lookup would cost more than the rest of the line.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        format: LogFormat = "json",
+        level: int = logging.INFO,
+    ) -> None:
+        self.logger = logger if logger is not None else logging.getLogger(ACCESS_LOGGER)
+        self.level = level
+        renderer(format)  # validates the name
+        self._json = format == "json"
+
+    def enabled(self) -> bool:
+        """Whether the logger would handle a record now (levels can change at run time)."""
+        return self.logger.isEnabledFor(self.level)
+
+    def emit(
+        self, scope: Scope, route: str, path: str, query: bytes, status: int, duration: float
+    ) -> None:
+        """Log one request; `path` and `query` are as received, before routing rewrote them."""
+        method: str = scope["method"]
+        if len(path) > _MAX_LOGGED:
+            path = path[:_MAX_LOGGED] + "..."
+        masked = mask_query(query) if query else None
+        duration_ms = round(duration * 1000.0, 3)
+        request_id = get_request_id()
+        client_addr = scope.get("client")
+        client: str | None = client_addr[0] if client_addr else None
+        fields: dict[str, object] = {"method": method, "route": route, "path": path}
+        if masked is not None:
+            fields["query"] = masked
+        fields["status"] = status
+        fields["duration_ms"] = duration_ms
+        fields["request_id"] = request_id
+        fields["client"] = client
+        # Hand-rolled equivalents of render_json/render_logfmt(fields): this runs per request.
+        if self._json:
+            q = f',"query":{_encode(masked)}' if masked is not None else ""
+            rid = _encode(request_id) if request_id is not None else "null"
+            addr = _encode(client) if client is not None else "null"
+            line = (
+                f'{{"method":{_encode(method)},"route":{_encode(route)},"path":{_encode(path)}{q}'
+                f',"status":{status},"duration_ms":{duration_ms!r},"request_id":{rid}'
+                f',"client":{addr}}}'
+            )
+        else:
+            q = f" query={_lf(masked)}" if masked is not None else ""
+            line = (
+                f"method={_lf(method)} route={_lf(route)} path={_lf(path)}{q} status={status}"
+                f" duration_ms={duration_ms!r} request_id={_lf(request_id)} client={_lf(client)}"
+            )
+        logger = self.logger
+        logger.handle(
+            logger.makeRecord(
+                logger.name, self.level, "", 0, line, (), None, extra={FIELDS_ATTR: fields}
+            )
+        )
+
+
+class AccessLogMiddleware:
+    """Pure ASGI middleware logging one line per HTTP request (see `AccessLogger` for fields).
+
+    Duration runs until the final body chunk; a request whose app raised before completing its
+    response is logged as 500.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger: logging.Logger | None = None,
+        format: LogFormat = "json",
+        level: int = logging.INFO,
+    ) -> None:
+        self.app = app
+        self.access = AccessLogger(logger, format, level)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection; non-HTTP scopes pass straight through."""
+        if scope["type"] != "http" or not self.access.enabled():
+            await self.app(scope, receive, send)
+            return
+        # Read before the app runs: routers may rewrite the path in the shared scope.
+        path = scope["path"]
+        query = scope.get("query_string", b"")
+        status = 0
+        end = 0.0
+        start = perf_counter()
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, end
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                end = perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            if not end:
+                status, end = 500, perf_counter()
+            self.access.emit(scope, route_label(scope, status), path, query, status, end - start)

@@ -1,0 +1,276 @@
+"""Prometheus metrics: HTTP middleware, cache and retry hooks, pool/breaker gauges, exposition."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .collectors import BreakerCollector, BreakerLike, PoolCollector
+from .labels import method_label, route_label
+
+__all__ = [
+    "CACHE_EVENTS",
+    "DEFAULT_BUCKETS",
+    "CacheMetrics",
+    "HttpRecorder",
+    "Metrics",
+    "MetricsMiddleware",
+    "metrics_response",
+]
+
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CACHE_EVENTS = (
+    "hits",
+    "misses",
+    "stale",
+    "decode_failures",
+    "errors",
+    "bypassed",
+    "loader_calls",
+    "early_refreshes",
+    "lock_waits",
+    "lock_timeouts",
+)
+"""The events `core.cache.Cache` reports to its metrics hook."""
+_CACHE_ALIASES = {
+    "hit": "hits",
+    "miss": "misses",
+    "error": "errors",
+    "decode_failure": "decode_failures",
+    "loader_call": "loader_calls",
+}
+_LOADER_EVENTS = frozenset({"loader_calls", "loader_call"})
+
+
+class Metrics:
+    """All metric objects of one app, registered in one registry.
+
+    By default each instance gets its own `CollectorRegistry`, so apps and tests never share
+    state; pass `prometheus_client.REGISTRY` to use the global one (once per process).
+
+    Metrics: `http_requests_total{method,route,status}`, `http_request_duration_seconds{method,
+    route}`, `http_requests_in_progress`, `cache_events_total{cache,event}`,
+    `cache_loader_duration_seconds{cache}`, `retries_total{operation}`, and at scrape time
+    `db_pool_*{pool}` and `circuit_breaker_state{name,state}`. `namespace` prefixes every name.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        namespace: str = "",
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.http_requests = Counter(
+            "http_requests_total",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            namespace=namespace,
+            registry=reg,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request duration until the last body chunk, by method and route template.",
+            ["method", "route"],
+            namespace=namespace,
+            registry=reg,
+            buckets=buckets,
+        )
+        self.http_in_progress = Gauge(
+            "http_requests_in_progress",
+            "HTTP requests being handled.",
+            namespace=namespace,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.cache_events = Counter(
+            "cache_events",
+            "Cache events (hits, misses, errors, decode_failures, loader_calls, ...) by cache.",
+            ["cache", "event"],
+            namespace=namespace,
+            registry=reg,
+        )
+        self.cache_loader_duration = Histogram(
+            "cache_loader_duration_seconds",
+            "Duration of cache loader calls (the work a miss costs), by cache.",
+            ["cache"],
+            namespace=namespace,
+            registry=reg,
+            buckets=buckets,
+        )
+        self.retries = Counter(
+            "retries",
+            "Retried attempts of transient failures, by operation.",
+            ["operation"],
+            namespace=namespace,
+            registry=reg,
+        )
+        prefix = f"{namespace}_" if namespace else ""
+        self.pools = PoolCollector(prefix)
+        self.breakers = BreakerCollector(prefix)
+        reg.register(self.pools)
+        reg.register(self.breakers)
+
+    def cache(self, name: str = "default") -> CacheMetrics:
+        """Event counters for the cache called `name`; pass `.on_event` as the cache's hook."""
+        return CacheMetrics(self, name)
+
+    def on_retry(self, operation: str = "default") -> None:
+        """Count one retried attempt of `operation` (keep operation names a fixed set)."""
+        self.retries.labels(operation).inc()
+
+    def retry_hook(self, operation: str) -> Callable[[int, BaseException, float], None]:
+        """An `on_retry(attempt, exc, delay)` callback for `core.resilience.retry`."""
+        inc = self.retries.labels(operation).inc
+
+        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+            inc()
+
+        return on_retry
+
+    def watch_pool(self, engine: Any, name: str = "primary") -> None:
+        """Report the pool of a SQLAlchemy `AsyncEngine` or `Engine` as `pool=name`."""
+        self.pools.add(engine, name)
+
+    def watch_breaker(self, *breakers: BreakerLike) -> None:
+        """Report the state of circuit breakers (objects with `.name` and an Enum `.state`)."""
+        for breaker in breakers:
+            self.breakers.add(breaker)
+
+
+class CacheMetrics:
+    """Counts the events of one named cache; pass it (or `.on_event`) as the cache's hook.
+
+    Matches `core.cache.MetricsHook`, `hook(event, value)`: every event adds 1 to
+    `cache_events_total{cache,event}`, and `loader_calls` also observes `value` (the loader's
+    duration) in `cache_loader_duration_seconds{cache}`. Singular names ("hit", "miss", "error",
+    "decode_failure", "loader_call") are accepted as aliases; unknown names count as "other".
+    """
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.name = name
+        counter = metrics.cache_events
+        incs: dict[str, Callable[[], None]] = {
+            event: counter.labels(name, event).inc for event in CACHE_EVENTS
+        }
+        for alias, event in _CACHE_ALIASES.items():
+            incs[alias] = incs[event]
+        self._incs = incs
+        self._other = counter.labels(name, "other").inc
+        self._loader = metrics.cache_loader_duration.labels(name).observe
+
+    def on_event(self, event: str, value: float = 1.0) -> None:
+        """Count one event; for loader calls `value` is the loader's duration in seconds."""
+        self._incs.get(event, self._other)()
+        if event in _LOADER_EVENTS:
+            self._loader(value)
+
+    __call__ = on_event
+
+
+def metrics_response(metrics: Metrics) -> tuple[bytes, str]:
+    """The Prometheus text exposition of `metrics` as `(body, content_type)`.
+
+    With `PROMETHEUS_MULTIPROC_DIR` set (it must be set before prometheus-client is imported),
+    counters, histograms and gauges are aggregated across all worker processes from that
+    directory; pool and breaker gauges describe the process answering the scrape.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        collector: Any = MultiProcessCollector  # untyped in some prometheus-client versions
+        collector(registry)
+        registry.register(metrics.pools)
+        registry.register(metrics.breakers)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+
+
+_Recorder = tuple[Callable[[], None], Callable[[float], None]]
+
+
+class HttpRecorder:
+    """Records finished HTTP requests; shared by `MetricsMiddleware` and the full stack."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.in_progress = metrics.http_in_progress
+        # Label children are created once per (method, route, status); all three are bounded.
+        self._recorders: dict[tuple[str, str, int], _Recorder] = {}
+
+    def record(self, method: str, route: str, status: int, duration: float) -> None:
+        """Count one request and observe its duration (`route` from `route_label`)."""
+        key = (method_label(method), route, status)
+        recorder = self._recorders.get(key)
+        if recorder is None:
+            recorder = self._recorder(key)
+        inc, observe = recorder
+        inc()
+        observe(duration)
+
+    def _recorder(self, key: tuple[str, str, int]) -> _Recorder:
+        method, route, status = key
+        m = self.metrics
+        recorder = (
+            m.http_requests.labels(method, route, str(status)).inc,
+            m.http_duration.labels(method, route).observe,
+        )
+        if len(self._recorders) < 10_000:  # defensive: labels are bounded anyway
+            self._recorders[key] = recorder
+        return recorder
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware counting and timing HTTP requests.
+
+    Labels are the normalised method, the route template (unmatched paths share one label) and
+    the status; a request whose app raised before completing its response counts as 500.
+    Duration runs until the final body chunk, so streamed responses are measured whole.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.recorder = HttpRecorder(self.metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection; non-HTTP scopes pass straight through."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        end = 0.0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, end
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                end = perf_counter()
+            await send(message)
+
+        recorder = self.recorder
+        recorder.in_progress.inc()
+        start = perf_counter()
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            recorder.in_progress.dec()
+            if not end:
+                status, end = 500, perf_counter()
+            recorder.record(scope["method"], route_label(scope, status), status, end - start)

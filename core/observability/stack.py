@@ -1,0 +1,120 @@
+"""The whole observability stack from settings: middleware in order, plus engine hooks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..config import ObservabilitySettings
+from .access_log import AccessLogMiddleware
+from .asgi_types import ASGIApp, Receive, Scope, Send
+from .metrics import Metrics, MetricsMiddleware
+from .request_id import RequestIdMiddleware
+from .slow_query import install_slow_query_log
+from .tracing import TracingMiddleware, tracing_available
+
+__all__ = [
+    "MiddlewareSpec",
+    "ObservabilityMiddleware",
+    "observability_middleware",
+    "observe_engine",
+]
+
+MiddlewareSpec = tuple[Callable[..., ASGIApp], dict[str, Any]]
+"""`(middleware class, keyword arguments)`; the class is called as `cls(app, **kwargs)`."""
+
+
+def observability_middleware(
+    settings: ObservabilitySettings,
+    metrics: Metrics | None = None,
+    *,
+    access_logger: logging.Logger | None = None,
+) -> list[MiddlewareSpec]:
+    """The enabled middleware, outermost first: request id, tracing, access log, metrics.
+
+    Request id is outermost so every inner layer (and the app) sees the id; the 500 it sends for
+    an unhandled exception is then also logged and counted by the inner layers. `metrics` is
+    required when `settings.metrics_enabled`, as the same object must back the `/metrics` route.
+    Tracing is included only when enabled and OpenTelemetry is importable.
+    """
+    specs: list[MiddlewareSpec] = [(RequestIdMiddleware, {"header": settings.request_id_header})]
+    if settings.tracing and tracing_available():
+        specs.append((TracingMiddleware, {}))
+    if settings.access_log:
+        kwargs: dict[str, Any] = {"format": settings.log_format}
+        if access_logger is not None:
+            kwargs["logger"] = access_logger
+        specs.append((AccessLogMiddleware, kwargs))
+    if settings.metrics_enabled:
+        if metrics is None:
+            raise ValueError("metrics_enabled needs the Metrics object that /metrics exposes")
+        specs.append((MetricsMiddleware, {"metrics": metrics}))
+    return specs
+
+
+class ObservabilityMiddleware:
+    """The whole stack as one ASGI middleware, for wrapping an app from the outside.
+
+    Built once in `__init__` as the chain `observability_middleware(settings, metrics)` describes;
+    non-HTTP scopes skip the chain and reach `app` directly.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: ObservabilitySettings,
+        metrics: Metrics | None = None,
+        access_logger: logging.Logger | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        chain = app
+        specs = observability_middleware(settings, metrics, access_logger=access_logger)
+        for cls, kwargs in reversed(specs):
+            chain = cls(chain, **kwargs)
+        self._chain = chain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run an HTTP request through the stack; other scopes reach `app` untouched."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self._chain(scope, receive, send)
+
+
+def observe_engine(
+    engine: AsyncEngine | Engine,
+    settings: ObservabilitySettings,
+    metrics: Metrics | None = None,
+    *,
+    name: str = "primary",
+) -> Callable[[], None]:
+    """Hook an engine up: slow-query log (unless the threshold is 0) and pool metrics.
+
+    Returns a function undoing both.
+    """
+    undo: list[Callable[[], None]] = []
+    if settings.slow_query_threshold > 0:
+        undo.append(
+            install_slow_query_log(
+                engine,
+                settings.slow_query_threshold,
+                log_parameters=settings.log_query_parameters,
+                format=settings.log_format,
+            )
+        )
+    if metrics is not None and settings.metrics_enabled:
+        metrics.watch_pool(engine, name)
+        undo.append(lambda: metrics.pools.remove(name))
+
+    def undo_all() -> None:
+        for fn in reversed(undo):
+            fn()
+
+    return undo_all

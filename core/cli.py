@@ -66,9 +66,9 @@ async def _check(settings: Any, as_json: bool) -> int:
         print()
         print(f"{'dependency':<12} {'status':<7} {'latency':>10}  {'version / error'}")
         for row in rows:
-            latency = f"{row['latency_ms']:.2f} ms" if "latency_ms" in row else "-"
+            shown = f"{row['latency_ms']:.2f} ms" if "latency_ms" in row else "-"
             detail = row.get("version") or f"{row['error']} at {row['url']} ({row['hint']})"
-            print(f"{row['dependency']:<12} {row['status']:<7} {latency:>10}  {detail}")
+            print(f"{row['dependency']:<12} {row['status']:<7} {shown:>10}  {detail}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

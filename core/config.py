@@ -7,12 +7,13 @@ the stored URLs are safe to print and no repr, dump or validation error can reve
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -77,7 +78,14 @@ class DatabaseSettings(_Group):
 
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     password: SecretStr | None = None
-    replica_urls: list[str] = Field(default_factory=list)
+    # NoDecode: the validator takes a JSON list or a comma-separated list from the environment.
+    replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    replica_passwords: list[SecretStr | None] = Field(
+        default_factory=list, description="per replica; None uses `password`"
+    )
+    replica_cooloff: float = Field(
+        5.0, gt=0, le=3600, description="seconds a replica that failed to connect is skipped"
+    )
     pool_size: int = Field(10, ge=1, le=1000)
     max_overflow: int = Field(10, ge=0, le=1000)
     pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
@@ -103,9 +111,9 @@ class DatabaseSettings(_Group):
             data["url"], pw = _normalise_pg_url(data.get("url", cls.model_fields["url"].default))
             if pw is not None and data.get("password") is None:
                 data["password"] = pw
-            data["replica_urls"] = [
-                _normalise_pg_url(u)[0] for u in _as_list(data.get("replica_urls", []))
-            ]
+            data["replica_urls"], data["replica_passwords"] = _split_replicas(
+                data.get("replica_urls", []), data.get("replica_passwords")
+            )
         return data
 
     @property
@@ -118,6 +126,15 @@ class DatabaseSettings(_Group):
         target = make_url(url or self.url)
         if self.password is not None and target.password is None:
             target = target.set(password=self.password.get_secret_value())
+        return target
+
+    def replica_sqlalchemy_url(self, index: int) -> URL:
+        """The URL of replica `index`, with its own password or else the primary's."""
+        target = make_url(self.replica_urls[index])
+        own = self.replica_passwords[index] if index < len(self.replica_passwords) else None
+        secret = own if own is not None else self.password
+        if secret is not None and target.password is None:
+            target = target.set(password=secret.get_secret_value())
         return target
 
     @property
@@ -133,6 +150,7 @@ class RedisSettings(_Group):
 
     url: str = "redis://127.0.0.1:6379/0"
     password: SecretStr | None = None
+    sentinel_password: SecretStr | None = None
     max_connections: int = Field(50, ge=1, le=10000)
     pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
     socket_timeout: float = Field(2.0, gt=0, le=300)
@@ -146,7 +164,15 @@ class RedisSettings(_Group):
     def _split_password(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            data["url"], pw = _normalise_redis_url(data.get("url", cls.model_fields["url"].default))
+            url = data.get("url", cls.model_fields["url"].default)
+            if isinstance(url, str) and _is_topology_url(url):
+                from core.redis_topology import normalise_topology_url
+
+                data["url"], pw, sentinel_pw = normalise_topology_url(url)
+                if sentinel_pw is not None and data.get("sentinel_password") is None:
+                    data["sentinel_password"] = sentinel_pw
+            else:
+                data["url"], pw = _normalise_redis_url(url)
             if pw is not None and data.get("password") is None:
                 data["password"] = pw
         return data
@@ -163,7 +189,7 @@ class CacheSettings(_Group):
     enabled: bool = True
     namespace: str = Field("cache", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
     default_ttl: float = Field(300.0, gt=0, le=365 * 86400)
-    max_key_length: int = Field(200, ge=64, le=4096)
+    max_key_length: int = Field(200, ge=128, le=4096)
     codec: Literal["json", "msgspec"] = "json"
     operation_timeout: float = Field(0.25, gt=0, le=30, description="bound on one cache call")
     lock_ttl: float = Field(10.0, gt=0, le=3600, description="cross-process fill lock lifetime")
@@ -208,12 +234,12 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    app: AppSettings = Field(default_factory=AppSettings)  # type: ignore[arg-type]
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)  # type: ignore[arg-type]
-    redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
-    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
-    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)  # type: ignore[arg-type]
-    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)  # type: ignore[arg-type]
+    app: AppSettings = Field(default_factory=AppSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     # Plain DATABASE_URL / REDIS_URL, folded into their groups and not kept as fields of their own.
     database_url: str | None = Field(None, exclude=True, repr=False)
@@ -262,8 +288,39 @@ def get_settings() -> Settings:
 
 def _as_list(value: Any) -> list[Any]:
     if isinstance(value, str):
+        if value.strip().startswith("["):
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                raise ValueError("expected a JSON list or a comma-separated list") from None
+            if not isinstance(decoded, list):
+                raise ValueError("expected a JSON list or a comma-separated list")
+            return decoded
         return [v.strip() for v in value.split(",") if v.strip()]
     return list(value)
+
+
+def _split_replicas(raw_urls: Any, raw_passwords: Any) -> tuple[list[str], list[Any]]:
+    """Normalise replica URLs; a password in a URL wins over the one given for that replica."""
+    urls: list[str] = []
+    passwords: list[Any] = []
+    for raw in _as_list(raw_urls if raw_urls is not None else []):
+        url, password = _normalise_pg_url(raw)
+        if url == EMBEDDED:
+            raise ValueError("a replica URL cannot be 'embedded'")
+        urls.append(url)
+        passwords.append(password)
+    given = _as_list(raw_passwords) if raw_passwords else []
+    if given:
+        if len(given) != len(urls):
+            raise ValueError("replica_passwords needs one entry (or null) per replica URL")
+        passwords = [p if p is not None else g for p, g in zip(passwords, given, strict=True)]
+    return urls, passwords
+
+
+def _is_topology_url(url: str) -> bool:
+    scheme = url.strip().partition("://")[0].lower() if "://" in url else ""
+    return scheme in ("redis+sentinel", "redis+cluster")
 
 
 def _valid_host(host: str) -> bool:
@@ -328,8 +385,8 @@ def _normalise_redis_url(raw: Any) -> tuple[str, str | None]:
     if scheme not in _REDIS_SCHEMES:
         shown = scheme if scheme.isalnum() and len(scheme) < 30 else "?"
         raise ValueError(
-            f"Redis URL must use redis://, rediss:// or unix://, got scheme {shown!r}; "
-            "or set it to 'embedded'"
+            f"Redis URL must use redis://, rediss://, unix://, redis+sentinel:// or "
+            f"redis+cluster://, got scheme {shown!r}; or set it to 'embedded'"
         )
     if scheme == "unix":
         if not parts.path:

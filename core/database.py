@@ -9,6 +9,7 @@ a write is refused by PostgreSQL itself as well as by the session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -27,6 +29,8 @@ from sqlalchemy.orm import Session
 
 from core._aio import finish_shielded
 from core.config import Settings, get_settings, redact_url
+from core.resilience import CircuitBreaker
+from core.replicas import Replica, ReplicaSet, is_connection_failure
 
 __all__ = ["DatabaseManager", "ReadOnlySessionError", "db_manager"]
 
@@ -63,17 +67,18 @@ class DatabaseManager:
         self._read_engine: AsyncEngine | None = None
         self._rw_factory: async_sessionmaker[AsyncSession] | None = None
         self._ro_factory: async_sessionmaker[AsyncSession] | None = None
+        self._replicas: ReplicaSet | None = None
         self._embedded: Any = None
         self._url_override: str | None = None
+        self._breaker: CircuitBreaker | None = None
 
     # --- configuration ---------------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
-        """The settings in use (read from the environment on first access if none were given)."""
-        if self._settings is None:
-            self._settings = get_settings()
-        return self._settings
+        """The settings given, else the process-wide `get_settings()`."""
+        # Not stored: the global instances follow `get_settings.cache_clear()` between runs.
+        return self._settings if self._settings is not None else get_settings()
 
     @property
     def url(self) -> str:
@@ -91,11 +96,14 @@ class DatabaseManager:
     def _engine_kwargs(self, read_only: bool) -> dict[str, Any]:
         db = self.settings.database
         server_settings = {"application_name": db.application_name or self.settings.app.name}
-        if db.statement_timeout:
+        # PgBouncer refuses startup parameters it does not track (only application_name of
+        # these): behind it, statement_timeout and search_path belong on the role
+        # (ALTER ROLE ... SET), and a read-only session is enforced by the session alone.
+        if db.statement_timeout and not db.pgbouncer:
             server_settings["statement_timeout"] = str(int(db.statement_timeout * 1000))
-        if db.search_path:
+        if db.search_path and not db.pgbouncer:
             server_settings["search_path"] = db.search_path
-        if read_only:
+        if read_only and not db.pgbouncer:
             server_settings["default_transaction_read_only"] = "on"
         connect_args: dict[str, Any] = {
             "server_settings": server_settings,
@@ -104,7 +112,10 @@ class DatabaseManager:
         }
         if db.pgbouncer:
             # Transaction pooling hands each transaction to any server connection, so a named
-            # prepared statement may not exist where the next query runs.
+            # prepared statement may not exist where the next query runs. With both caches off,
+            # asyncpg sends every statement unnamed and re-parsed with its Bind/Execute in one
+            # message. Do not add a `prepared_statement_name_func`: a name makes the statement
+            # named again, and PgBouncer may run its Bind on another server connection.
             connect_args["statement_cache_size"] = 0
             connect_args["prepared_statement_cache_size"] = 0
         kwargs: dict[str, Any] = {
@@ -119,6 +130,13 @@ class DatabaseManager:
         if read_only:
             kwargs["isolation_level"] = "AUTOCOMMIT"
         return kwargs
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker guarding the primary; its state feeds health and metrics."""
+        if self._breaker is None:
+            self._breaker = CircuitBreaker.from_settings("database", self.settings.resilience)
+        return self._breaker
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -148,13 +166,34 @@ class DatabaseManager:
             autoflush=False,
             sync_session_class=_ReadOnlySession,
         )
+        self._replicas = self._build_replicas()
+
+    def _build_replicas(self) -> ReplicaSet | None:
+        db = self.settings.database
+        if not db.replica_urls:
+            return None
+        replicas = [
+            Replica(
+                f"replica-{i}",
+                create_async_engine(db.replica_sqlalchemy_url(i), **self._engine_kwargs(True)),
+                redact_url(url),
+            )
+            for i, url in enumerate(db.replica_urls)
+        ]
+        return ReplicaSet(replicas, cooloff=db.replica_cooloff)
 
     async def close(self) -> None:
-        """Dispose both pools (and stop an embedded server this manager started)."""
+        """Dispose all pools (and stop an embedded server this manager started)."""
         engines = [e for e in (self._read_engine, self._engine) if e is not None]
+        replicas, self._replicas = self._replicas, None
         self._engine = self._read_engine = None
         self._rw_factory = self._ro_factory = None
         errors: list[BaseException] = []
+        if replicas is not None:
+            try:
+                await replicas.dispose()
+            except Exception as exc:
+                errors.append(exc)
         for engine in engines:
             try:
                 await engine.dispose()
@@ -189,10 +228,38 @@ class DatabaseManager:
         assert self._read_engine is not None
         return self._read_engine
 
+    @property
+    def replicas(self) -> ReplicaSet | None:
+        """The read replicas (None when none are configured)."""
+        if self._engine is None:
+            self._build()
+        return self._replicas
+
+    def replica_checks(self) -> list[tuple[str, Callable[[], Awaitable[float]]]]:
+        """One health probe per configured replica, named `postgresql-replica-<n>`.
+
+        Probes look the replica up when they run, so they may be registered before `start()`.
+        """
+        count = len(self.settings.database.replica_urls)
+        return [
+            (f"postgresql-replica-{i}", functools.partial(self._ping_replica, i))
+            for i in range(count)
+        ]
+
+    async def _ping_replica(self, index: int) -> float:
+        replicas = self.replicas
+        if replicas is None:
+            raise RuntimeError("no replicas are configured")
+        return await replicas.ping(list(replicas)[index])
+
     # --- sessions --------------------------------------------------------------------------
 
     def session_factory(self, *, read_only: bool = False) -> async_sessionmaker[AsyncSession]:
-        """The sessionmaker behind `get_session()`, for code that manages sessions itself."""
+        """The sessionmaker behind `get_session()`, for code that manages sessions itself.
+
+        Its read-only sessions use the primary; only `get_session(read_only=True)` picks a
+        replica.
+        """
         if self._rw_factory is None:
             self._build()
         factory = self._ro_factory if read_only else self._rw_factory
@@ -207,14 +274,44 @@ class DatabaseManager:
         runs on its own, and any attempt to write raises `ReadOnlySessionError` (or is refused by
         PostgreSQL). Cleanup completes even if the task is cancelled, so no connection is left
         checked out.
+
+        With replicas configured, a read-only session runs on the next replica that accepts a
+        connection (round-robin), else on the primary. Read-write sessions always use the
+        primary, so reads inside a unit of work that writes see its own writes.
         """
-        session = self.session_factory(read_only=read_only)()
+        factory = self.session_factory(read_only=read_only)
+        picked = await self._replicas.connect() if read_only and self._replicas else None
+        if picked is not None:
+            async with self._replica_session(factory, *picked) as session:
+                yield session
+            return
+        # While the breaker is open, fail fast (answered 503) instead of queueing on a pool
+        # whose server is down; only connection-level failures count against it.
+        async with self.breaker:
+            session = factory()
+            try:
+                yield session
+                if not read_only:
+                    await session.commit()
+            finally:
+                await finish_shielded(_release(session))
+
+    @asynccontextmanager
+    async def _replica_session(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        conn: AsyncConnection,
+        replica: Replica,
+    ) -> AsyncIterator[AsyncSession]:
+        session = factory(bind=conn)
         try:
             yield session
-            if not read_only:
-                await session.commit()
+        except Exception as exc:
+            if self._replicas is not None and is_connection_failure(exc):
+                self._replicas.mark_down(replica)
+            raise
         finally:
-            await finish_shielded(_release(session))
+            await finish_shielded(_release(session, conn))
 
     async def run_in_transaction(
         self,
@@ -270,17 +367,25 @@ class DatabaseManager:
         return f"DatabaseManager(url={self.safe_url!r}, started={self._engine is not None})"
 
 
-async def _release(session: AsyncSession) -> None:
+async def _release(session: AsyncSession, conn: AsyncConnection | None = None) -> None:
     """Close the session (rolling back anything uncommitted); if that cannot finish in time,
-    throw the connection away so it is never returned to the pool mid-transaction."""
+    throw the connection away so it is never returned to the pool mid-transaction. `conn` is
+    the connection the session was bound to, if it was given one; it is closed too."""
     try:
         await asyncio.wait_for(session.close(), _CLEANUP_TIMEOUT)
     except Exception as exc:
         log.warning("session close failed (%s); invalidating its connection", type(exc).__name__)
         try:
             await session.invalidate()
+            if conn is not None:
+                await conn.invalidate()
         except Exception:
             log.exception("invalidating a session's connection failed")
+    if conn is not None and not conn.closed:
+        try:
+            await asyncio.wait_for(conn.close(), _CLEANUP_TIMEOUT)
+        except Exception:
+            log.exception("closing a replica connection failed")
 
 
 db_manager = DatabaseManager()

@@ -83,11 +83,11 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
     return None
 
 
-def handled_exception_types() -> tuple[type[BaseException], ...]:
+def handled_exception_types() -> tuple[type[Exception], ...]:
     """The exception classes adapters register handlers for; `error_response_for` decides."""
     from core.lifespan import DependencyUnavailable
 
-    types: list[type[BaseException]] = [
+    types: list[type[Exception]] = [
         PoolTimeoutError,
         DBAPIError,
         RedisConnectionError,

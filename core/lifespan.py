@@ -17,9 +17,11 @@ import anyio
 
 from core._aio import finish_shielded
 from core.config import Settings, get_settings
+from core.database import DatabaseManager
 from core.health import HealthRegistry
 from core.observability import Metrics, ObservabilityMiddleware, observe_engine
 from core.observability.asgi_types import ASGIApp
+from core.redis_client import RedisManager
 from core.resilience import RetryPolicy, is_transient
 
 __all__ = [
@@ -122,8 +124,8 @@ class Lifespan:
 
     def __init__(
         self,
-        db: Any = None,
-        redis: Any = None,
+        db: DatabaseManager | None = None,
+        redis: RedisManager | None = None,
         *,
         settings: Settings | None = None,
         extra: Sequence[tuple[str, Resource]] = (),
@@ -142,12 +144,11 @@ class Lifespan:
     @property
     def settings(self) -> Settings:
         """The settings used for start-up and shutdown bounds."""
-        if self._settings is None:
-            self._settings = get_settings()
-        return self._settings
+        # Not stored: the global instances follow `get_settings.cache_clear()` between runs.
+        return self._settings if self._settings is not None else get_settings()
 
     @property
-    def db(self) -> Any:
+    def db(self) -> DatabaseManager:
         """The database manager (the global `db_manager` unless one was given)."""
         if self._db is None:
             from core.database import db_manager
@@ -156,7 +157,7 @@ class Lifespan:
         return self._db
 
     @property
-    def redis(self) -> Any:
+    def redis(self) -> RedisManager:
         """The Redis manager (the global `redis_manager` unless one was given)."""
         if self._redis is None:
             from core.redis_client import redis_manager
@@ -253,9 +254,9 @@ class Lifespan:
         redis = self.redis
         if getattr(redis, "cache_metrics", False) is None:
             redis.cache_metrics = self.metrics.cache("default")
-        breaker = getattr(redis, "breaker", None)
-        if breaker is not None and obs.metrics_enabled:
-            self.metrics.watch_breaker(breaker)
+        breakers = [getattr(r, "breaker", None) for r in (db, redis)]
+        if obs.metrics_enabled:
+            self.metrics.watch_breaker(*(b for b in breakers if b is not None))
 
     async def _close_all(self) -> None:
         while self._unobserve:

@@ -49,10 +49,9 @@ class RedisManager:
 
     @property
     def settings(self) -> Settings:
-        """The settings in use (read from the environment on first access if none were given)."""
-        if self._settings is None:
-            self._settings = get_settings()
-        return self._settings
+        """The settings given, else the process-wide `get_settings()`."""
+        # Not stored: the global instances follow `get_settings.cache_clear()` between runs.
+        return self._settings if self._settings is not None else get_settings()
 
     @property
     def url(self) -> str:

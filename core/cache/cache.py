@@ -1,0 +1,558 @@
+"""The cache: read-through `get_or_set` over a Redis client it does not own.
+
+A hit costs one round trip (GET, or MGET with the group version). A miss is filled once per
+process (single-flight task) and once across processes (a Redis lock with a token-checked release
+and a TTL; other processes poll for the value for at most `lock_wait`, then load themselves).
+Hot entries are refreshed early with probability rising towards expiry (XFetch), by one caller
+while the others keep reading the still valid entry. Every Redis call is bounded by
+`operation_timeout`; when Redis is down, slow or skipped by an open breaker, reads and fills fail
+open: the loader's value is returned and not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import suppress
+from functools import partial
+from typing import Any, Final, TypeVar
+
+import redis.asyncio as aioredis
+from anyio import sleep
+from redis.exceptions import RedisError, ResponseError
+
+from core.cache._timeout import deadline
+from core.cache.codec import Codec, codec_for
+from core.cache.envelope import normalise_version, pack, unpack
+from core.cache.errors import CacheUnavailable
+from core.cache.hooks import CacheBreaker, CacheEvent, CacheStats, MetricsHook
+from core.cache.keys import Key, KeySpace
+from core.cache.scripts import DELETE, ENSURE_VERSION, RELEASE, STORE_RELEASE
+from core.config import CacheSettings
+
+__all__ = ["Cache"]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_HIT, _MISS, _DOWN, _REFRESH = 0, 1, 2, 3
+_HELD: Final = "\x00held"
+"""`_acquire` result when another filler holds the lock (never a valid token)."""
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_RAW: dict[str, Any] = {"NEVER_DECODE": []}
+"""Read entries as bytes even from a client built with `decode_responses=True`."""
+_MAX_TTL = 10 * 365 * 86400.0
+_POLL_FIRST = 0.005
+_POLL_MAX = 0.05
+
+_Lookup = tuple[int, Any, bytes | None]
+
+
+def _checked_ttl(ttl: float) -> float:
+    if not 0 < ttl <= _MAX_TTL:  # also refuses NaN
+        raise ValueError(f"cache ttl must be in (0, {_MAX_TTL}] seconds, got {ttl!r}")
+    return ttl
+
+
+def _is_wrongtype(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+class _Retry(Exception):
+    """Tells readers sharing a fetch that the caller doing it was cancelled."""
+
+
+class _Flight:
+    """One in-process fill of a key; waiters await its task through `asyncio.shield`."""
+
+    __slots__ = ("early", "store", "task")
+
+    def __init__(self, early: bool = False) -> None:
+        self.early = early
+        """An early refresh: the entry is still valid, so readers need not wait for it."""
+        self.store = True
+        """Cleared by `delete` so a fill that started before it does not write back."""
+        self.task: asyncio.Task[Any]
+
+
+class Cache:
+    """Read-through cache on an existing `redis.asyncio.Redis` client (never closed here).
+
+    `prefix` goes in front of every key (typically `RedisSettings.key_prefix`), then the
+    settings' namespace. `breaker` is consulted before each Redis call; `metrics` receives every
+    counter increment. Use `async with Cache(...)` or `aclose()` to stop fills still running.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "",
+        settings: CacheSettings | None = None,
+        codec: Codec | None = None,
+        breaker: CacheBreaker | None = None,
+        metrics: MetricsHook | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else CacheSettings.model_validate({})
+        self.client = client
+        self.keys = KeySpace(prefix, self.settings.namespace, self.settings.max_key_length)
+        self.codec = codec if codec is not None else codec_for(self.settings.codec)
+        self.stats = CacheStats()
+        self._breaker = breaker
+        self._metrics = metrics
+        self._codec_id = self.codec.codec_id
+        self._decode = self.codec.decode
+        self._enabled = self.settings.enabled
+        self._default_ttl = self.settings.default_ttl
+        self._timeout = self.settings.operation_timeout
+        self._beta = self.settings.early_refresh
+        self._lock_px = max(1, int(self.settings.lock_ttl * 1000))
+        self._flights: dict[str, _Flight] = {}
+        self._reads: dict[str, list[asyncio.Future[tuple[bytes | None, bytes | None]]]] = {}
+        self._release = client.register_script(RELEASE)
+        self._store_release = client.register_script(STORE_RELEASE)
+        self._ensure_version = client.register_script(ENSURE_VERSION)
+        self._delete = client.register_script(DELETE)
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel fills still running and wait for them; the client stays open."""
+        tasks = [flight.task for flight in self._flights.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- public API ----------------------------------------------------------------------------
+
+    def redis_key(self, key: Key, *, group: str | None = None) -> str:
+        """The Redis key an entry is stored under (for inspection and tests)."""
+        return self.keys.value_key(self.keys.body(key, group))
+
+    async def get_or_set(
+        self,
+        key: Key,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float | None = None,
+        *,
+        type_: Any = None,
+        group: str | None = None,
+    ) -> T:
+        """The cached value of `key`, or `await loader()` stored for `ttl` seconds.
+
+        `type_` validates cached values back into that type (model, dataclass, `list[int]`...).
+        Concurrent misses share one loader call, and so one result object: treat it as read-only.
+        A waiter's cancellation never cancels the load. Loader exceptions propagate to every
+        waiter and nothing is cached. With Redis down, slow or behind an open breaker, the
+        loader's value is returned and not cached.
+        """
+        ttl = self._default_ttl if ttl is None else _checked_ttl(ttl)
+        if not self._enabled:
+            return await self._run_loader(loader)
+        body = self.keys.body(key, group)
+        vkey = self.keys.base + body
+        gkey = self.keys.version_key(group) if group is not None else None
+        flight = self._flights.get(vkey)
+        if flight is not None and not flight.early:
+            # A fill is running here, so the entry is missing: no need to ask Redis.
+            return await asyncio.shield(flight.task)
+        state, value, version = await self._lookup(vkey, gkey, type_)
+        if state == _HIT:
+            return value  # type: ignore[no-any-return]
+        if state == _REFRESH:
+            return await self._refresh_early(body, vkey, gkey, loader, ttl, value, version)
+        flight = self._flights.get(vkey)
+        if flight is None:
+            flight = self._start(
+                vkey,
+                lambda f: self._fill(
+                    f, vkey, body, gkey, loader, ttl, type_, version, state == _MISS
+                ),
+            )
+        return await asyncio.shield(flight.task)
+
+    async def get(
+        self, key: Key, default: Any = None, *, type_: Any = None, group: str | None = None
+    ) -> Any:
+        """The cached value of `key`, or `default` if absent, stale, undecodable or unreachable."""
+        if not self._enabled:
+            return default
+        body = self.keys.body(key, group)
+        gkey = self.keys.version_key(group) if group is not None else None
+        state, value, _ = await self._lookup(self.keys.base + body, gkey, type_, early=False)
+        return value if state == _HIT else default
+
+    async def set(
+        self, key: Key, value: Any, ttl: float | None = None, *, group: str | None = None
+    ) -> bool:
+        """Store `value` for `ttl` seconds; False when Redis could not be reached (not stored)."""
+        ttl = self._ttl(ttl)
+        if not self._enabled:
+            return False
+        vkey = self.redis_key(key, group=group)
+        version = b""
+        if group is not None:
+            current = await self._group_version(self.keys.version_key(group))
+            if current is None:
+                return False
+            version = current
+        return await self._store(vkey, None, None, value, ttl, 0.0, version)
+
+    async def delete(self, key: Key, *, group: str | None = None) -> bool:
+        """Remove `key`; True if it existed. Raises `CacheUnavailable` if Redis was unreachable.
+
+        A fill of the same key already running, in this or another process, does not write back
+        the value it loaded before the delete (unless it outlived `lock_ttl`).
+        """
+        body = self.keys.body(key, group)
+        vkey = self.keys.value_key(body)
+        flight = self._flights.get(vkey)
+        if flight is not None:
+            flight.store = False
+        lkey = self.keys.lock_key(body)
+        removed = await self._must(self._delete, keys=[vkey, lkey], what="delete")
+        return bool(removed)
+
+    async def invalidate_group(self, group: str) -> None:
+        """Invalidate every entry of `group` at once (O(1): a new version token).
+
+        Raises `CacheUnavailable` if Redis was unreachable. Fills that read the old version
+        before this call write entries that already read as stale.
+        """
+        gkey = self.keys.version_key(group)
+        await self._must(self.client.set, gkey, secrets.token_hex(8), what="invalidate group")
+
+    # --- lookups --------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """One bounded Redis call through the breaker; failures become `CacheUnavailable`."""
+        breaker = self._breaker
+        if breaker is not None and not breaker.allow():
+            self._count("bypassed")
+            raise CacheUnavailable("Redis skipped: circuit breaker open")
+        try:
+            async with deadline(self._timeout):
+                result = await fn(*args, **kwargs)
+        except _REDIS_ERRORS as exc:
+            if _is_wrongtype(exc):
+                if breaker is not None:
+                    breaker.record_success()
+                raise
+            self._count("errors")
+            if breaker is not None:
+                breaker.record_failure(exc)
+            log.debug("cache: Redis call failed: %r", exc)
+            raise CacheUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
+        except BaseException as exc:
+            # Cancellation: settle the admitted call anyway, or a half-open breaker would keep
+            # waiting for this probe's outcome.
+            if breaker is not None:
+                breaker.record_failure(exc)
+            raise
+        if breaker is not None:
+            breaker.record_success()
+        return result
+
+    async def _must(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, **kwargs: Any
+    ) -> T:
+        try:
+            return await self._call(fn, *args, **kwargs)
+        except CacheUnavailable as exc:
+            raise CacheUnavailable(f"cache {what} failed: {exc}") from exc
+
+    async def _fetch(self, vkey: str, gkey: str | None) -> tuple[bytes | None, bytes | None]:
+        """(raw entry, current group version), one Redis call shared by concurrent readers.
+
+        A burst of reads of one key costs one round trip and one connection, not one each:
+        without this a hot key's expiry can exhaust the pool and turn the burst into errors.
+        """
+        readers = self._reads.get(vkey)
+        if readers is not None:
+            waiter: asyncio.Future[tuple[bytes | None, bytes | None]]
+            waiter = asyncio.get_running_loop().create_future()
+            readers.append(waiter)
+            try:
+                return await waiter
+            except _Retry:  # the reading caller was cancelled; read ourselves
+                return await self._fetch(vkey, gkey)
+        self._reads[vkey] = readers = []
+        try:
+            if gkey is None:
+                raw = await self._call(self.client.execute_command, "GET", vkey, **_RAW)
+                result: tuple[bytes | None, bytes | None] = raw, b""
+            else:
+                current, raw = await self._call(
+                    self.client.execute_command, "MGET", gkey, vkey, **_RAW
+                )
+                result = raw, normalise_version(current)
+        except BaseException as exc:
+            del self._reads[vkey]
+            shared = exc if isinstance(exc, (CacheUnavailable, ResponseError)) else _Retry()
+            for waiter in readers:
+                if not waiter.done():
+                    waiter.set_exception(shared)
+            raise
+        del self._reads[vkey]
+        for waiter in readers:
+            if not waiter.done():
+                waiter.set_result(result)
+        return result
+
+    async def _lookup(
+        self, vkey: str, gkey: str | None, type_: Any, *, count: bool = True, early: bool = True
+    ) -> _Lookup:
+        """(state, value, current group version); the version is b"" for ungrouped keys."""
+        try:
+            raw, current = await self._fetch(vkey, gkey)
+        except CacheUnavailable:
+            return _DOWN, None, None
+        except ResponseError:  # WRONGTYPE: a foreign value under our key; a fill overwrites it
+            raw, current = b"", (b"" if gkey is None else None)
+        if raw is None:
+            if count:
+                self._count("misses")
+            return _MISS, None, current
+        entry = unpack(raw, self._codec_id)
+        if entry is None:
+            return self._undecodable(count, current)
+        expiry, delta, version, payload = entry
+        if version != current:
+            if count:
+                self._count("stale")
+                self._count("misses")
+            return _MISS, None, current
+        try:
+            value = self._decode(payload, type_)
+        except Exception:
+            return self._undecodable(count, current)
+        if (
+            early
+            and delta > 0.0
+            and self._beta > 0.0
+            # XFetch: refresh early with a probability that rises as expiry nears and as the
+            # value gets more expensive to recompute.
+            and time.time() - delta * self._beta * math.log(1.0 - random.random()) >= expiry
+        ):
+            return _REFRESH, value, current
+        if count:
+            self.stats.hits += 1
+            if self._metrics is not None:
+                self._emit("hits", 1.0)
+        return _HIT, value, current
+
+    def _undecodable(self, count: bool, current: bytes | None) -> _Lookup:
+        if count:
+            self._count("decode_failures")
+            self._count("misses")
+        return _MISS, None, current
+
+    # --- fills ----------------------------------------------------------------------------------
+
+    def _start(
+        self,
+        vkey: str,
+        make: Callable[[_Flight], Coroutine[Any, Any, Any]],
+        *,
+        early: bool = False,
+    ) -> _Flight:
+        flight = _Flight(early)
+        # A task of its own: the load outlives any one waiter's cancellation.
+        flight.task = asyncio.get_running_loop().create_task(make(flight))
+        self._flights[vkey] = flight
+        flight.task.add_done_callback(partial(self._landed, vkey, flight))
+        return flight
+
+    def _landed(self, vkey: str, flight: _Flight, task: asyncio.Task[Any]) -> None:
+        if self._flights.get(vkey) is flight:
+            del self._flights[vkey]
+        if not task.cancelled():
+            # Mark the exception retrieved: every waiter may have been cancelled.
+            task.exception()
+
+    async def _refresh_early(
+        self,
+        body: str,
+        vkey: str,
+        gkey: str | None,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float,
+        current: T,
+        version: bytes | None,
+    ) -> T:
+        """Refresh a still valid entry if nobody else is; everyone else keeps the current value."""
+        if vkey in self._flights:
+            return current
+        lkey = self.keys.lock_key(body)
+        token = await self._acquire(lkey)
+        if token is None or token == _HELD:
+            return current
+        if vkey in self._flights:
+            await self._unlock(lkey, token)
+            return current
+        self._count("early_refreshes")
+        flight = self._start(
+            vkey,
+            lambda f: self._fill(f, vkey, body, gkey, loader, ttl, None, version, True, token),
+            early=True,
+        )
+        return await asyncio.shield(flight.task)
+
+    async def _fill(
+        self,
+        flight: _Flight,
+        vkey: str,
+        body: str,
+        gkey: str | None,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float,
+        type_: Any,
+        version: bytes | None,
+        redis_up: bool,
+        token: str | None = None,
+    ) -> T:
+        lkey = self.keys.lock_key(body)
+        try:
+            if redis_up and token is None:
+                token = await self._acquire(lkey)
+                if token is None:
+                    redis_up = False
+                elif token == _HELD:
+                    token = None
+                    self._count("lock_waits")
+                    outcome, found, version = await self._wait_for_filler(
+                        vkey, lkey, gkey, type_, version
+                    )
+                    if outcome == "value":
+                        return found  # type: ignore[no-any-return]
+                    if outcome == "token":
+                        token = found
+                    elif outcome == "down":
+                        redis_up = False
+                    # "timeout": the holder is stuck; load without the lock and still store.
+            if redis_up and gkey is not None and version is None:
+                version = await self._group_version(gkey)
+                redis_up = version is not None
+            value, delta = await self._run_loader_timed(loader)
+            if (
+                redis_up
+                and flight.store
+                and version is not None
+                and await self._store(vkey, lkey, token, value, ttl, delta, version)
+            ):
+                token = None  # released by the store script
+            return value
+        finally:
+            if token is not None:
+                await self._unlock(lkey, token)
+
+    async def _wait_for_filler(
+        self, vkey: str, lkey: str, gkey: str | None, type_: Any, version: bytes | None
+    ) -> tuple[str, Any, bytes | None]:
+        """Poll for another process's fill.
+
+        Returns ("value", value, version), ("token", token, version), ("down", ...) or
+        ("timeout", ...).
+        """
+        give_up_at = time.monotonic() + self.settings.lock_wait
+        delay = _POLL_FIRST
+        while True:
+            remaining = give_up_at - time.monotonic()
+            if remaining <= 0:
+                self._count("lock_timeouts")
+                return "timeout", None, version
+            await sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+            state, value, version = await self._lookup(vkey, gkey, type_, count=False, early=False)
+            if state == _HIT:
+                return "value", value, version
+            if state == _DOWN:
+                return "down", None, None
+            # Still missing: the holder may have died or failed; take over if the lock is free.
+            token = await self._acquire(lkey)
+            if token is None:
+                return "down", None, None
+            if token != _HELD:
+                return "token", token, version
+
+    async def _acquire(self, lkey: str) -> str | None:
+        """A fresh token if we got the lock, `_HELD` if someone has it, None if Redis is down."""
+        token = secrets.token_hex(16)
+        try:
+            ok = await self._call(self.client.set, lkey, token, nx=True, px=self._lock_px)
+        except (CacheUnavailable, ResponseError):
+            return None
+        return token if ok else _HELD
+
+    async def _unlock(self, lkey: str, token: str) -> None:
+        # On failure the lock's TTL frees it.
+        with suppress(CacheUnavailable, ResponseError):
+            await self._call(self._release, keys=[lkey], args=[token])
+
+    async def _group_version(self, gkey: str) -> bytes | None:
+        try:
+            token = await self._call(self._ensure_version, keys=[gkey], args=[secrets.token_hex(8)])
+        except (CacheUnavailable, ResponseError):
+            return None
+        return normalise_version(token)
+
+    async def _run_loader(self, loader: Callable[[], Awaitable[T]]) -> T:
+        return (await self._run_loader_timed(loader))[0]
+
+    async def _run_loader_timed(self, loader: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+        start = time.perf_counter()
+        value = await loader()
+        delta = time.perf_counter() - start
+        self.stats.loader_calls += 1
+        if self._metrics is not None:
+            self._emit("loader_calls", delta)
+        return value, delta
+
+    async def _store(
+        self,
+        vkey: str,
+        lkey: str | None,
+        token: str | None,
+        value: Any,
+        ttl: float,
+        delta: float,
+        version: bytes,
+    ) -> bool:
+        """Write an entry (through the lock script when holding `token`); False if unreachable."""
+        data = pack(self._codec_id, time.time() + ttl, delta, version, self.codec.encode(value))
+        px = max(1, int(ttl * 1000))
+        try:
+            if token is None or lkey is None:
+                await self._call(self.client.set, vkey, data, px=px)
+            else:
+                await self._call(self._store_release, keys=[vkey, lkey], args=[data, px, token])
+        except (CacheUnavailable, ResponseError):
+            return False
+        return True
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _ttl(self, ttl: float | None) -> float:
+        return self._default_ttl if ttl is None else _checked_ttl(ttl)
+
+    def _count(self, event: CacheEvent) -> None:
+        setattr(self.stats, event, getattr(self.stats, event) + 1)
+        if self._metrics is not None:
+            self._emit(event, 1.0)
+
+    def _emit(self, event: CacheEvent, value: float) -> None:
+        try:
+            self._metrics(event, value)  # type: ignore[misc]
+        except Exception:
+            log.exception("cache metrics hook failed for %s", event)

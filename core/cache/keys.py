@@ -1,0 +1,172 @@
+"""Injective, length-capped Redis keys built from arbitrary key parts.
+
+A key is a string (one part) or a tuple of parts. Each part becomes one token and tokens are
+joined by `:`. Strings are kept readable: only `%`, `:`, glob characters (`*?[]\\`), hash-tag
+braces, the markers `!#$`, ASCII controls, space and lone surrogates are escaped as `%XX` or
+`%uXXXX`. Typed parts start with `!` and a tag letter; containers carry their length. No literal
+marker ever comes from user text, so distinct inputs always give distinct bodies, and a body never
+contains a glob pattern or a cluster hash tag.
+
+Layout, namespace first so cluster hash tags can be added in front of the user part later:
+
+    value    {prefix}{namespace}:{body}
+    grouped  {prefix}{namespace}:#{group}:{body}
+    lock     {prefix}{namespace}:$l:{body}
+    version  {prefix}{namespace}:$v:{group}
+
+A body longer than the cap keeps a readable head and replaces the tail with `$h` + SHA-256 of the
+whole body, so every key (lock keys included) fits in `max_key_length` bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+__all__ = ["Key", "KeySpace", "encode_key", "escape"]
+
+Key = str | tuple[Any, ...]
+"""A cache key: one string, or a tuple of parts (str, int, float, bool, None, bytes, UUID, date,
+datetime, Decimal, Enum, and lists, tuples, sets and dicts of those)."""
+
+_ESCAPED = "%:*?[]\\{}!#$ \x7f" + "".join(chr(c) for c in range(0x20))
+_TABLE: dict[int, str] = {ord(c): f"%{ord(c):02X}" for c in _ESCAPED}
+_TABLE.update({c: f"%u{c:04X}" for c in range(0xD800, 0xE000)})
+
+_HASH_MARK = "$h"
+_DIGEST_LEN = 64
+_SMALL_INT = 10**18
+_MIN_BUDGET = 96
+_LOCK_INFIX = "$l:"
+
+
+def escape(text: str) -> str:
+    """Escape one string part; the result never contains a separator or marker character."""
+    return text.translate(_TABLE)
+
+
+def _tokens(part: Any, out: list[str]) -> None:
+    # Order matters: bool before int, datetime before date, str/int before Enum so that
+    # StrEnum/IntEnum members key the same as their plain values.
+    if isinstance(part, str):
+        out.append(part.translate(_TABLE))
+    elif part is None:
+        out.append("!n")
+    elif isinstance(part, bool):
+        out.append("!b1" if part else "!b0")
+    elif isinstance(part, int):
+        # Decimal text of huge ints is refused by Python (int_max_str_digits); hex is not.
+        out.append(f"!i{part}" if -_SMALL_INT < part < _SMALL_INT else f"!h{part:x}")
+    elif isinstance(part, float):
+        out.append(f"!f{part!r}")
+    elif isinstance(part, (bytes, bytearray, memoryview)):
+        out.append("!y" + bytes(part).hex())
+    elif isinstance(part, UUID):
+        out.append("!u" + part.hex)
+    elif isinstance(part, datetime):
+        out.append("!t" + escape(part.isoformat()))
+    elif isinstance(part, date):
+        out.append("!d" + part.isoformat())
+    elif isinstance(part, Decimal):
+        out.append("!m" + str(part))
+    elif isinstance(part, Enum):
+        cls = type(part)
+        # Module names hold no "/" and member names no ".", so this split is unambiguous.
+        out.append(f"!e{escape(cls.__module__)}/{escape(cls.__qualname__)}.{escape(part.name)}")
+    elif isinstance(part, (list, tuple)):
+        out.append(f"!l{len(part)}")
+        for item in part:
+            _tokens(item, out)
+    elif isinstance(part, (set, frozenset)):
+        encoded = []
+        for item in part:
+            sub: list[str] = []
+            _tokens(item, sub)
+            encoded.append(":".join(sub))
+        out.append(f"!s{len(encoded)}")
+        out.extend(sorted(encoded))
+    elif isinstance(part, Mapping):
+        pairs = []
+        for k, v in part.items():
+            ks: list[str] = []
+            vs: list[str] = []
+            _tokens(k, ks)
+            _tokens(v, vs)
+            pairs.append((":".join(ks), ":".join(vs)))
+        out.append(f"!k{len(pairs)}")
+        for k_enc, v_enc in sorted(pairs):
+            out.append(k_enc)
+            out.append(v_enc)
+    else:
+        raise TypeError(
+            f"cannot use a {type(part).__name__} as a cache key part; "
+            "pass a key function that returns str/int/UUID/... parts"
+        )
+
+
+def encode_key(key: Key) -> str:
+    """The injective, uncapped body for `key` (a string, or a tuple of parts)."""
+    if type(key) is str:
+        return key.translate(_TABLE)
+    if not isinstance(key, tuple):
+        raise TypeError(f"cache key must be a str or a tuple of parts, not {type(key).__name__}")
+    if not key:
+        # "a" and ("a",) are one key by design, so () would collide with "" and ("",).
+        raise ValueError("cache key must have at least one part")
+    out: list[str] = []
+    for part in key:
+        _tokens(part, out)
+    return ":".join(out)
+
+
+class KeySpace:
+    """Builds the Redis keys of one cache: prefix and namespace first, then the capped body."""
+
+    __slots__ = ("base", "budget")
+
+    def __init__(self, prefix: str, namespace: str, max_length: int) -> None:
+        self.base = f"{prefix}{namespace}:"
+        # The lock key is the longest key derived from a body, so budget for its infix.
+        self.budget = max_length - len(self.base.encode()) - len(_LOCK_INFIX)
+        if self.budget < _MIN_BUDGET:
+            raise ValueError(
+                f"max_key_length {max_length} leaves {self.budget} bytes after the prefix "
+                f"{self.base!r}; need at least {_MIN_BUDGET}"
+            )
+
+    def cap(self, body: str) -> str:
+        """`body` if it fits the budget, else a readable head plus a hash of the whole body."""
+        # Fast path: even all-4-byte UTF-8 fits.
+        if len(body) * 4 <= self.budget:
+            return body
+        raw = body.encode()
+        if len(raw) <= self.budget:
+            return body
+        digest = hashlib.sha256(raw).hexdigest()
+        # Cutting bytes may split a character; dropping the fragment keeps the head valid UTF-8.
+        head = raw[: self.budget - _DIGEST_LEN - len(_HASH_MARK)].decode(errors="ignore")
+        return f"{head}{_HASH_MARK}{digest}"
+
+    def body(self, key: Key, group: str | None = None) -> str:
+        """The capped body of `key`, marked with its group if it has one."""
+        encoded = encode_key(key)
+        if group is not None:
+            encoded = f"#{escape(group)}:{encoded}"
+        return self.cap(encoded)
+
+    def value_key(self, body: str) -> str:
+        """Where the value of `body` lives."""
+        return self.base + body
+
+    def lock_key(self, body: str) -> str:
+        """The cross-process fill lock of `body`."""
+        return f"{self.base}{_LOCK_INFIX}{body}"
+
+    def version_key(self, group: str) -> str:
+        """The version token of `group`; bumping it invalidates every entry of the group."""
+        return f"{self.base}$v:{self.cap(escape(group))}"

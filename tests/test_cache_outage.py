@@ -1,0 +1,185 @@
+"""Outages on a private Redis: the cache fails open within its timeout and recovers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from core.cache import Cache, CacheUnavailable
+from core.config import CacheSettings
+from core.embedded import EmbeddedRedis
+from core.resilience import CircuitBreaker
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 0.2
+# A call that fails open: one bounded lookup, then the (instant) loader; the rest is slack for a
+# loaded CI machine.
+BOUND = TIMEOUT + 0.3
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path / "redis") as rds:
+        yield rds
+
+
+@pytest.fixture
+async def client(server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    # Default redis-py client settings (retries with backoff included): the cache's own bound
+    # must hold whatever the client would do.
+    c = aioredis.Redis.from_url(server.url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+def make(client: aioredis.Redis, **kw: Any) -> Cache:
+    settings = CacheSettings.model_validate({"operation_timeout": TIMEOUT, "lock_wait": 0.5})
+    return Cache(client, prefix="outage:", settings=settings, **kw)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> int:
+        self.calls += 1
+        return self.calls
+
+
+async def _timed(aw: Any) -> tuple[Any, float]:
+    start = time.monotonic()
+    result = await aw
+    return result, time.monotonic() - start
+
+
+async def _until_cached_again(cache: Cache) -> None:
+    """Wait (bounded) until a write reaches the restarted or resumed server."""
+    with anyio.fail_after(10):
+        while True:
+            if await cache.set("probe", 1, 60):
+                return
+            await anyio.sleep(0.05)
+
+
+async def _fails_open(cache: Cache, load: Counter, key: str) -> None:
+    before = cache.stats.errors + cache.stats.bypassed
+    value, elapsed = await _timed(cache.get_or_set(key, load, 60))
+    assert value == load.calls  # the loader's fresh value, never the old cached one
+    assert elapsed < BOUND
+    assert cache.stats.errors + cache.stats.bypassed > before
+
+
+async def _caches_again(cache: Cache, load: Counter) -> None:
+    await _until_cached_again(cache)
+    first = await cache.get_or_set("after", load, 60)
+    assert await cache.get_or_set("after", load, 60) == first  # stored and hit
+    assert load.calls == first
+
+
+async def test_a_stopped_redis_fails_open_within_the_bound_then_recovers(
+    server: EmbeddedRedis, client: aioredis.Redis
+) -> None:
+    cache = make(client)
+    load = Counter()
+    assert await cache.get_or_set("k", load, 60) == 1
+    assert await cache.get_or_set("k", load, 60) == 1
+
+    server.stop()
+    for _ in range(3):
+        await _fails_open(cache, load, "k")
+    assert load.calls == 4
+    assert await cache.get("k", "down") == "down"
+    assert await cache.set("k", 1, 60) is False
+    for op in (lambda: cache.delete("k"), lambda: cache.invalidate_group("g")):
+        start = time.monotonic()
+        with pytest.raises(CacheUnavailable):
+            await op()
+        assert time.monotonic() - start < BOUND
+    assert cache.stats.errors >= 6
+
+    server.start()
+    await _caches_again(cache, load)
+
+
+async def test_a_hung_redis_is_bounded_by_the_operation_timeout(
+    server: EmbeddedRedis, client: aioredis.Redis
+) -> None:
+    cache = make(client)
+    load = Counter()
+    assert await cache.get_or_set("k", load, 60) == 1
+
+    server.pause()  # accepts connections, answers nothing
+    try:
+        for key in ("k", "other", "k"):
+            await _fails_open(cache, load, key)
+        start = time.monotonic()
+        with pytest.raises(CacheUnavailable):
+            await cache.delete("k")
+        assert time.monotonic() - start < BOUND
+        # Concurrent callers during the outage still share one loader call.
+        before = load.calls
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(cache.get_or_set, "burst", load, 60)
+        assert load.calls == before + 1
+    finally:
+        server.resume()
+    await _caches_again(cache, load)
+    assert await cache.get("k") == 1  # the server kept its data while paused; never overwritten
+
+
+async def test_an_open_breaker_skips_redis_entirely(
+    server: EmbeddedRedis, client: aioredis.Redis
+) -> None:
+    breaker = CircuitBreaker("redis", failure_threshold=2, reset_timeout=0.5)
+    cache = make(client, breaker=breaker)
+    load = Counter()
+    assert await cache.get_or_set("k", load, 60) == 1
+
+    server.pause()
+    try:
+        await _fails_open(cache, load, "k")
+        await _fails_open(cache, load, "k")
+        assert breaker.state.value == "open"
+        errors = cache.stats.errors
+        for _ in range(5):
+            value, elapsed = await _timed(cache.get_or_set("k", load, 60))
+            assert value == load.calls
+            assert elapsed < TIMEOUT / 2  # skipped, not waited for
+        assert cache.stats.errors == errors
+        assert cache.stats.bypassed >= 5
+        with pytest.raises(CacheUnavailable, match="breaker"):
+            await cache.delete("k")
+    finally:
+        server.resume()
+    # After the reset timeout a probe goes through, succeeds and closes the breaker.
+    await _caches_again(cache, load)
+    assert breaker.state.value == "closed"
+
+
+async def test_a_cancelled_call_settles_its_breaker_permit(
+    server: EmbeddedRedis, client: aioredis.Redis
+) -> None:
+    breaker = CircuitBreaker("redis", failure_threshold=1, reset_timeout=0.05)
+    cache = make(client, breaker=breaker)
+    server.pause()
+    try:
+        assert await cache.get("k", "d") == "d"  # opens the breaker
+        await anyio.sleep(0.06)  # half-open: the next call is the single probe
+        with anyio.move_on_after(0.02):
+            await cache.get("k")  # the probe is cancelled mid-call
+    finally:
+        server.resume()
+    # The cancelled probe released its slot: a new probe is admitted and closes the breaker.
+    await _until_cached_again(cache)
+    assert breaker.state.value == "closed"

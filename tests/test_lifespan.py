@@ -1,0 +1,458 @@
+"""Lifespan: bounded start-up, clear errors, shutdown that closes all, use as `lifespan(app)`."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from core.config import DatabaseSettings, Settings
+from core.database import DatabaseManager
+from core.lifespan import DependencyUnavailable, Lifespan, wait_until_ready
+from core.redis_client import RedisManager
+
+pytestmark = pytest.mark.anyio
+
+CANARY = "s3cr3t-CANARY"
+
+
+class Boom(Exception):
+    """A failure injected by a test resource."""
+
+
+class Fake:
+    """A resource that records its calls and fails where told to."""
+
+    def __init__(
+        self,
+        log: list[str] | None = None,
+        *,
+        name: str = "fake",
+        fail_start: bool = False,
+        fail_close: bool = False,
+        hang_close: bool = False,
+        ping_failures: int = 0,
+        ping_error: str = "not yet",
+    ) -> None:
+        self.calls: list[str] = log if log is not None else []
+        self.name = name
+        self.fail_start = fail_start
+        self.fail_close = fail_close
+        self.hang_close = hang_close
+        self.ping_failures = ping_failures
+        self.ping_error = ping_error
+        self.pings = 0
+
+    @property
+    def safe_url(self) -> str:
+        return f"fake://{self.name}"
+
+    async def start(self) -> None:
+        self.calls.append(f"start {self.name}")
+        if self.fail_start:
+            raise Boom(f"{self.name} could not start")
+
+    async def ping(self) -> float:
+        self.pings += 1
+        if self.pings <= self.ping_failures:
+            raise ConnectionError(self.ping_error)
+        return 0.0
+
+    async def close(self) -> None:
+        self.calls.append(f"close {self.name}")
+        if self.hang_close:
+            await anyio.sleep_forever()
+        if self.fail_close:
+            raise Boom(f"{self.name} close failed")
+
+
+class RecordingDatabase(DatabaseManager):
+    """A real manager that records its close and can fail after closing."""
+
+    def __init__(self, settings: Settings, log: list[str], *, fail_close: bool = False) -> None:
+        super().__init__(settings)
+        self.calls = log
+        self.fail_close = fail_close
+
+    async def close(self) -> None:
+        self.calls.append("close PostgreSQL")
+        await super().close()
+        if self.fail_close:
+            raise Boom("PostgreSQL close failed")
+
+
+class RecordingRedis(RedisManager):
+    """A real manager that records its close and can fail after closing."""
+
+    def __init__(self, settings: Settings, log: list[str], *, fail_close: bool = False) -> None:
+        super().__init__(settings)
+        self.calls = log
+        self.fail_close = fail_close
+
+    async def close(self) -> None:
+        self.calls.append("close Redis")
+        await super().close()
+        if self.fail_close:
+            raise Boom("Redis close failed")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return [exc]
+    return [leaf for e in inner for leaf in _leaves(e)]
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A unique name that tags this test's PostgreSQL backends and Redis connections."""
+    return f"dctest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_settings(database_url: str, redis_url: str, app_name: str) -> Callable[..., Settings]:
+    def make(
+        *, database: dict[str, Any] | None = None, redis: dict[str, Any] | None = None, **app: Any
+    ) -> Settings:
+        return Settings(
+            _env_file=None,
+            app={"name": app_name, "startup_timeout": 5.0, **app},
+            database={"url": database_url, "pool_size": 2, **(database or {})},
+            redis={"url": redis_url, **(redis or {})},
+        )
+
+    return make
+
+
+@pytest.fixture
+async def probe(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An independent engine for looking at the server from outside the managers."""
+    url = DatabaseSettings(url=database_url).sqlalchemy_url()  # any accepted URL form
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def _until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll `check` until it holds; fail after 3 seconds."""
+    with anyio.fail_after(3):
+        while True:
+            if await check():
+                return
+            await anyio.sleep(0.05)
+
+
+async def _pg_backends(probe: AsyncEngine, app_name: str) -> int:
+    async with probe.connect() as conn:
+        count = await conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": app_name},
+        )
+        return int(count.scalar_one())
+
+
+async def _redis_clients(observer: aioredis.Redis, app_name: str) -> int:
+    return sum(1 for c in await observer.client_list() if c.get("name") == app_name)
+
+
+async def _assert_all_closed(probe: AsyncEngine, observer: aioredis.Redis, app_name: str) -> None:
+    """Wait until the servers no longer see any connection of ours."""
+
+    async def closed() -> bool:
+        return (
+            await _pg_backends(probe, app_name) == 0
+            and await _redis_clients(observer, app_name) == 0
+        )
+
+    await _until(closed)
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dependency", ["PostgreSQL", "Redis"])
+async def test_unreachable_dependency_fails_within_bound_naming_it(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+    caplog: pytest.LogCaptureFixture,
+    dependency: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    if dependency == "PostgreSQL":
+        settings = make_settings(
+            startup_timeout=1.0, database={"url": f"postgresql://u:{CANARY}@127.0.0.1:1/d"}
+        )
+    else:
+        settings = make_settings(
+            startup_timeout=1.0, redis={"url": f"redis://:{CANARY}@127.0.0.1:1/0"}
+        )
+    db, redis = DatabaseManager(settings), RedisManager(settings)
+
+    start = time.perf_counter()
+    with pytest.raises(DependencyUnavailable) as info:
+        async with Lifespan(db, redis, settings=settings):
+            pytest.fail("started although a dependency is down")
+    elapsed = time.perf_counter() - start
+
+    assert elapsed < 1.5
+    message = str(info.value)
+    assert dependency in message
+    assert "127.0.0.1:1" in message
+    assert info.value.dependency == dependency
+    assert CANARY not in message
+    assert CANARY not in repr(info.value)
+    assert CANARY not in info.value.url
+    assert CANARY not in caplog.text
+    # The dependency that did start was closed again.
+    await _assert_all_closed(probe, redis_client, app_name)
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers (a hung server)."""
+
+    async def hold(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, hold)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("dependency", ["PostgreSQL", "Redis"])
+async def test_hung_dependency_fails_within_bound(
+    make_settings: Callable[..., Settings], silent_port: int, dependency: str
+) -> None:
+    if dependency == "PostgreSQL":
+        url = {"database": {"url": f"postgresql://u:{CANARY}@127.0.0.1:{silent_port}/d"}}
+    else:
+        url = {"redis": {"url": f"redis://:{CANARY}@127.0.0.1:{silent_port}/0"}}
+    settings = make_settings(startup_timeout=1.0, **url)
+
+    start = time.perf_counter()
+    with pytest.raises(DependencyUnavailable) as info:
+        async with Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings):
+            pytest.fail("started although a dependency hangs")
+    assert time.perf_counter() - start < 1.5
+    assert f"{dependency} at " in str(info.value)
+    assert f"127.0.0.1:{silent_port}" in str(info.value)
+    assert CANARY not in str(info.value)
+
+
+async def test_dependency_error_text_never_shows_the_secret() -> None:
+    resource = Fake(name="svc", ping_failures=100, ping_error=f"password {CANARY} rejected")
+    with pytest.raises(DependencyUnavailable) as info:
+        await wait_until_ready("Service", resource, timeout=0.2, secrets=[CANARY], base_delay=0.01)
+    assert "Service at fake://svc" in str(info.value)
+    assert "rejected" in str(info.value)
+    assert CANARY not in str(info.value)
+    assert resource.pings >= 2
+
+
+async def test_wait_until_ready_retries_transient_failures() -> None:
+    resource = Fake(ping_failures=3)
+    start = time.perf_counter()
+    await wait_until_ready("Service", resource, timeout=2.0, base_delay=0.01, max_delay=0.05)
+    assert resource.pings == 4
+    assert time.perf_counter() - start < 1.0
+
+
+async def test_failed_start_closes_what_had_started(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+) -> None:
+    settings = make_settings()
+    calls: list[str] = []
+    db, redis = RecordingDatabase(settings, calls), RecordingRedis(settings, calls)
+    broken = Fake(calls, name="broken", fail_start=True)
+    lifespan = Lifespan(db, redis, settings=settings, extra=[("Broken", broken)])
+
+    with pytest.raises(BaseException) as info:  # noqa: PT011 - a group on some versions
+        async with lifespan:
+            pytest.fail("started although a resource failed")
+    assert any(isinstance(e, Boom) for e in _leaves(info.value))
+    assert {"close PostgreSQL", "close Redis", "close broken"} <= set(calls)
+    await _assert_all_closed(probe, redis_client, app_name)
+
+
+async def test_failed_startup_hook_closes_everything(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+) -> None:
+    settings = make_settings()
+    db, redis = DatabaseManager(settings), RedisManager(settings)
+
+    async def hook(started: Lifespan) -> None:
+        # Both dependencies are up when hooks run.
+        assert started is lifespan
+        await db.ping()
+        await redis.ping()
+        raise Boom("hook failed")
+
+    lifespan = Lifespan(db, redis, settings=settings, on_startup=[hook])
+    with pytest.raises(Boom, match="hook failed"):
+        async with lifespan:
+            pytest.fail("started although a start-up hook failed")
+    await _assert_all_closed(probe, redis_client, app_name)
+
+
+# --- shutdown -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["PostgreSQL", "Redis", "extra"])
+async def test_shutdown_closes_all_when_one_close_fails(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+    caplog: pytest.LogCaptureFixture,
+    failing: str,
+) -> None:
+    settings = make_settings()
+    calls: list[str] = []
+    db = RecordingDatabase(settings, calls, fail_close=failing == "PostgreSQL")
+    redis = RecordingRedis(settings, calls, fail_close=failing == "Redis")
+    extra = Fake(calls, name="extra", fail_close=failing == "extra")
+
+    async with Lifespan(db, redis, settings=settings, extra=[("Extra", extra)]):
+        assert await _pg_backends(probe, app_name) > 0
+        assert await _redis_clients(redis_client, app_name) > 0
+
+    # Reverse start order, and every close ran although one raised.
+    assert [c for c in calls if c.startswith("close")] == [
+        "close extra",
+        "close Redis",
+        "close PostgreSQL",
+    ]
+    await _assert_all_closed(probe, redis_client, app_name)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert (failing if failing != "extra" else "Extra") in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+
+
+async def test_hung_close_is_bounded_and_others_still_close(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(shutdown_timeout=0.3)
+    stuck = Fake(name="stuck", hang_close=True)
+    lifespan = Lifespan(
+        DatabaseManager(settings),
+        RedisManager(settings),
+        settings=settings,
+        extra=[("Stuck", stuck)],
+    )
+    async with lifespan:
+        pass
+    start = time.perf_counter()
+    await _assert_all_closed(probe, redis_client, app_name)
+    assert time.perf_counter() - start < 1.0
+    assert any("Stuck" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
+# --- use as a framework lifespan ----------------------------------------------------------------
+
+
+async def test_same_object_works_as_lifespan_of_app_and_again(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+) -> None:
+    settings = make_settings()
+    db, redis = DatabaseManager(settings), RedisManager(settings)
+    lifespan = Lifespan(db, redis, settings=settings)
+    app = object()
+    for _ in range(2):
+        async with lifespan(app):
+            assert isinstance(await db.ping(), float)
+            assert isinstance(await redis.ping(), float)
+            async with db.get_session() as session:
+                assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+        await _assert_all_closed(probe, redis_client, app_name)
+
+
+async def test_startup_is_concurrent(make_settings: Callable[..., Settings]) -> None:
+    class Slow(Fake):
+        async def start(self) -> None:
+            await anyio.sleep(0.3)
+
+    settings = make_settings()
+    lifespan = Lifespan(
+        Slow(name="a"), Slow(name="b"), settings=settings, extra=[("C", Slow(name="c"))]
+    )
+    start = time.perf_counter()
+    async with lifespan:
+        pass
+    assert time.perf_counter() - start < 0.8
+
+
+async def test_health_reports_the_started_dependencies(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    lifespan = Lifespan(
+        DatabaseManager(settings),
+        RedisManager(settings),
+        settings=settings,
+        extra=[("Extra", Fake())],
+    )
+    async with lifespan:
+        report = await lifespan.health.run()
+    assert report.ready
+    assert {c.name for c in report.checks} >= {"postgresql", "redis", "extra"}
+    assert all(c.status == "ok" for c in report.checks)
+
+
+async def test_shutdown_completes_when_the_host_task_is_cancelled(
+    make_settings: Callable[..., Settings],
+    probe: AsyncEngine,
+    redis_client: aioredis.Redis,
+    app_name: str,
+) -> None:
+    settings = make_settings()
+    calls: list[str] = []
+    lifespan = Lifespan(
+        RecordingDatabase(settings, calls), RecordingRedis(settings, calls), settings=settings
+    )
+    running = anyio.Event()
+
+    async def serve() -> None:
+        async with lifespan:
+            running.set()
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            await running.wait()
+            tg.cancel_scope.cancel()
+    assert calls == ["close Redis", "close PostgreSQL"]
+    await _assert_all_closed(probe, redis_client, app_name)

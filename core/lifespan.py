@@ -232,6 +232,10 @@ class Lifespan:
             failure = _first_dependency_error(exc)
             if failure is not None:
                 raise failure from None
+            inner = getattr(exc, "exceptions", None)
+            if inner is not None and len(inner) == 1:
+                # The task group is an implementation detail: surface the one real error.
+                raise inner[0] from None
             raise
         return self
 

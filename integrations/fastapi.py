@@ -113,4 +113,4 @@ def install(
         # Outside Starlette's own error handling, so the app's 500 handlers still answer and
         # every response, unmatched paths included, is logged, counted and carries the id.
         build = app.build_middleware_stack
-        app.build_middleware_stack = lambda: core.wrap_asgi(build())  # type: ignore[method-assign,assignment,arg-type,return-value]
+        app.build_middleware_stack = lambda: core.wrap_asgi(build())  # type: ignore[method-assign]

@@ -16,11 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from core.config import get_settings
 from tests.conftest import FRAMEWORKS
+
+pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -36,9 +39,15 @@ def _framework_of(code: str) -> str | None:
     return None
 
 
+def _is_test_file(code: str) -> bool:
+    return code.startswith(("# conftest.py", "# test_"))
+
+
 def _params() -> list[Any]:
     params = []
     for i, code in enumerate(PYTHON):
+        if _is_test_file(code):
+            continue
         fw = _framework_of(code)
         if fw is None or fw in FRAMEWORKS:
             params.append(pytest.param(code, id=f"block{i}-{fw or 'core'}"))
@@ -106,6 +115,90 @@ def _exercise(code: str, app: Any) -> None:
             assert second.json()["notes_added"] == first.json()["notes_added"] + 1
 
 
+def test_pytest_plugin_snippets_run_as_a_test_suite(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    files = {code.split("\n", 1)[0][2:].strip(): code for code in PYTHON if _is_test_file(code)}
+    assert set(files) == {"conftest.py", "test_users.py"}
+    if "fastapi" not in FRAMEWORKS:
+        pytest.skip("the snippet's app is the FastAPI example")  # covered by the fastapi sessions
+    monkeypatch.setenv("DUALCORE_TEST_DATABASE_URL", database_url)
+    monkeypatch.setenv("DUALCORE_TEST_REDIS_URL", redis_url)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    pytester.makeconftest(files["conftest.py"])
+    pytester.makepyfile(test_users=files["test_users.py"])
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", timeout=180)
+    result.assert_outcomes(passed=2)
+
+
+def test_migration_commands_run(tmp_path: Path, database_url: str, fresh_database: str) -> None:
+    block = next(c for c in SHELL if c.startswith("dualcore db init"))
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "models.py").write_text("from examples.users.models import Base, User  # noqa: F401\n")
+    env = {
+        **os.environ,
+        "DATABASE_URL": fresh_database,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+    }
+    for line in block.splitlines():
+        command = line.split("#", 1)[0].strip()
+        argv = command.split()
+        assert argv[0] == "dualcore"
+        if argv[:3] == ["dualcore", "db", "revision"]:
+            argv = [*argv[:-1], "add users"]  # the shell would have unquoted it
+            argv.remove('"add')
+        done = subprocess.run(
+            [sys.executable, "-m", "core", *argv[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        if argv[2:3] == ["downgrade"]:
+            # Back up again so `check` compares against an up-to-date database.
+            up = subprocess.run(
+                [sys.executable, "-m", "core", "db", "upgrade"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert up.returncode == 0, up.stderr
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> Any:
+    """A database of its own for commands that create tables in the default schema."""
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    name = f"dcreadme_{uuid.uuid4().hex[:10]}"
+    # NullPool: each asyncio.run() has its own loop, and pooled connections belong to one.
+    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+    async def run(sql: str) -> None:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(sql)
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin.dispose())
+
+
 def test_shell_commands_are_the_ones_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = next(c for c in SHELL if "nox" in c and "bench" not in c)
@@ -158,8 +251,9 @@ def _run_demo(framework: str, env: dict[str, str]) -> None:
     assert f"http://127.0.0.1:{port}" in out
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_demo_command_on_configured_servers(
+async def test_demo_command_on_configured_servers(
     framework: str, database_url: str, redis_url: str, pg_schema: str
 ) -> None:
     env = {
@@ -169,7 +263,7 @@ def test_demo_command_on_configured_servers(
         "REDIS_URL": redis_url,
         "REDIS__KEY_PREFIX": f"demo-{uuid.uuid4().hex[:8]}:",
     }
-    _run_demo(framework, env)
+    await anyio.to_thread.run_sync(_run_demo, framework, env)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

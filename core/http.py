@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from core.resilience import CircuitOpenError, is_serialization_failure, is_transient
 
 __all__ = [
     "LIVENESS_BODY",
@@ -47,39 +50,42 @@ def _unavailable(dependency: str, retry_after: float) -> ErrorResponse:
     )
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError))
+_CONFLICT = ErrorResponse(409, {"detail": "Conflict with the current state of the resource"})
+
+
+def _dependency_of(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, RedisError):
+            return "redis"
+        seen = seen.__cause__ or seen.__context__
+    return "database"
 
 
 def error_response_for(exc: BaseException) -> ErrorResponse | None:
     """The response for an error the core knows how to answer, or None to let the framework
     handle it.
 
-    503 + Retry-After: database or Redis unreachable, a pool wait that timed out, an open
-    circuit breaker, a dependency that failed start-up checks. 409: an integrity violation
-    (including one raised by a deferred constraint at COMMIT).
+    503 + Retry-After: database or Redis unreachable (any transient connection-level error, as
+    `core.resilience.is_transient` classifies it), a pool wait that timed out, an open circuit
+    breaker, a dependency that failed its start-up checks. 409: an integrity violation
+    (including a deferred constraint failing at COMMIT) or a serialization failure/deadlock
+    that outlived its retries.
     """
     from core.lifespan import DependencyUnavailable
 
     if isinstance(exc, PoolTimeoutError):
         return _unavailable("database", _RETRY_AFTER_BUSY)
-    if isinstance(exc, IntegrityError):
-        return ErrorResponse(409, {"detail": "Conflict with the current state of the resource"})
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or _is_connection_error(exc.orig or exc):
-            return _unavailable("database", _RETRY_AFTER_DOWN)
-        if _is_asyncpg_connection_error(exc.orig):
-            return _unavailable("database", _RETRY_AFTER_DOWN)
-        return None
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-        return _unavailable("redis", _RETRY_AFTER_DOWN)
+    if isinstance(exc, IntegrityError) or is_serialization_failure(exc):
+        return _CONFLICT
+    if isinstance(exc, CircuitOpenError):
+        return _unavailable(exc.name, exc.retry_after or _RETRY_AFTER_BUSY)
     if isinstance(exc, DependencyUnavailable):
         return _unavailable(exc.dependency.lower(), _RETRY_AFTER_DOWN)
-    breaker = _circuit_open(exc)
-    if breaker is not None:
-        return breaker
-    if _is_asyncpg_connection_error(exc) or _is_connection_error(exc):
-        return _unavailable("database", _RETRY_AFTER_DOWN)
+    if is_transient(exc):
+        return _unavailable(_dependency_of(exc), _RETRY_AFTER_DOWN)
     return None
 
 
@@ -93,51 +99,9 @@ def handled_exception_types() -> tuple[type[Exception], ...]:
         RedisConnectionError,
         RedisTimeoutError,
         DependencyUnavailable,
-        ConnectionError,
+        OSError,
         TimeoutError,
         asyncio.TimeoutError,
     ]
-    try:
-        from core.resilience import CircuitOpenError
-
-        types.append(CircuitOpenError)
-    except ImportError:  # pragma: no cover
-        pass
+    types.append(CircuitOpenError)
     return tuple(types)
-
-
-def _is_asyncpg_connection_error(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    try:
-        import asyncpg
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        return False
-    # SQLAlchemy's adapter keeps the driver's exception on __cause__.
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            break
-        if isinstance(
-            seen,
-            (
-                asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError,
-                asyncpg.exceptions.TooManyConnectionsError,
-                asyncpg.exceptions.ConnectionFailureError,
-            ),
-        ):
-            return True
-        seen = seen.__cause__
-    return False
-
-
-def _circuit_open(exc: BaseException) -> ErrorResponse | None:
-    try:
-        from core.resilience import CircuitOpenError
-    except ImportError:  # pragma: no cover - resilience is part of core
-        return None
-    if isinstance(exc, CircuitOpenError):
-        name = getattr(exc, "name", "dependency")
-        return _unavailable(str(name), float(getattr(exc, "retry_after", _RETRY_AFTER_DOWN)))
-    return None

@@ -79,7 +79,9 @@ class DatabaseSettings(_Group):
     url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     password: SecretStr | None = None
     # NoDecode: the validator takes a JSON list or a comma-separated list from the environment.
-    replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="read-only sessions use these; JSON or comma list"
+    )
     replica_passwords: list[SecretStr | None] = Field(
         default_factory=list, description="per replica; None uses `password`"
     )
@@ -101,7 +103,9 @@ class DatabaseSettings(_Group):
         None, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(, *[A-Za-z_][A-Za-z0-9_$]*)*$"
     )
     echo: bool = False
-    pgbouncer: bool = Field(False, description="transaction pooling: no prepared statement cache")
+    pgbouncer: bool = Field(
+        False, description="behind PgBouncer: unnamed statements, no startup parameters"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -150,7 +154,7 @@ class RedisSettings(_Group):
 
     url: str = "redis://127.0.0.1:6379/0"
     password: SecretStr | None = None
-    sentinel_password: SecretStr | None = None
+    sentinel_password: SecretStr | None = Field(None, description="for redis+sentinel:// URLs")
     max_connections: int = Field(50, ge=1, le=10000)
     pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
     socket_timeout: float = Field(2.0, gt=0, le=300)

@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from core._aio import finish_shielded
+from core._pgconn import discard_closed_on_checkout, shielded_connect
 from core.config import Settings, get_settings, redact_url
-from core.resilience import CircuitBreaker
 from core.replicas import Replica, ReplicaSet, is_connection_failure
+from core.resilience import CircuitBreaker
 
 __all__ = ["DatabaseManager", "ReadOnlySessionError", "db_manager"]
 
@@ -109,6 +110,8 @@ class DatabaseManager:
             "server_settings": server_settings,
             "timeout": db.connect_timeout,
             "command_timeout": db.effective_command_timeout,
+            # Read by SQLAlchemy's asyncpg dialect in place of asyncpg.connect.
+            "async_creator_fn": shielded_connect,
         }
         if db.pgbouncer:
             # Transaction pooling hands each transaction to any server connection, so a named
@@ -153,11 +156,11 @@ class DatabaseManager:
     def _build(self) -> None:
         if self.url == "embedded":
             raise RuntimeError("DATABASE_URL=embedded: call `await manager.start()` first")
-        self._engine = create_async_engine(
-            self._sqlalchemy_url(False), **self._engine_kwargs(False)
+        self._engine = discard_closed_on_checkout(
+            create_async_engine(self._sqlalchemy_url(False), **self._engine_kwargs(False))
         )
-        self._read_engine = create_async_engine(
-            self._sqlalchemy_url(True), **self._engine_kwargs(True)
+        self._read_engine = discard_closed_on_checkout(
+            create_async_engine(self._sqlalchemy_url(True), **self._engine_kwargs(True))
         )
         self._rw_factory = async_sessionmaker(self._engine, expire_on_commit=False)
         self._ro_factory = async_sessionmaker(
@@ -175,7 +178,9 @@ class DatabaseManager:
         replicas = [
             Replica(
                 f"replica-{i}",
-                create_async_engine(db.replica_sqlalchemy_url(i), **self._engine_kwargs(True)),
+                discard_closed_on_checkout(
+                    create_async_engine(db.replica_sqlalchemy_url(i), **self._engine_kwargs(True))
+                ),
                 redact_url(url),
             )
             for i, url in enumerate(db.replica_urls)

@@ -16,7 +16,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings, get_settings, redact_url
 from core.redis_topology import build_topology_client, is_topology_url
-
 from core.resilience import CircuitBreaker
 
 if TYPE_CHECKING:

@@ -251,10 +251,15 @@ class Lifespan:
     def _observe(self) -> None:
         obs = self.settings.observability
         db = self.db
-        for name, attr in (("primary", "engine"), ("read", "read_engine")):
-            engine = getattr(db, attr, None)
-            if engine is not None:
-                self._unobserve.append(observe_engine(engine, obs, self.metrics, name=name))
+        # Duck-typed: a lifespan may manage stand-ins that have no engines.
+        engines = [
+            (n, getattr(db, a, None)) for n, a in (("primary", "engine"), ("read", "read_engine"))
+        ]
+        engines += [(r.name, r.engine) for r in getattr(db, "replicas", None) or ()]
+        for name, engine in engines:
+            if engine is None:
+                continue
+            self._unobserve.append(observe_engine(engine, obs, self.metrics, name=name))
         redis = self.redis
         if getattr(redis, "cache_metrics", False) is None:
             redis.cache_metrics = self.metrics.cache("default")

@@ -30,6 +30,9 @@ README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 SHELL = [code.strip() for lang, code in BLOCKS if lang == "bash"]
+ENV_BLOCKS = [
+    code for lang, code in BLOCKS if lang == "text" and re.search(r"^[A-Z_]+=", code, re.M)
+]
 
 
 def _framework_of(code: str) -> str | None:
@@ -197,6 +200,26 @@ def fresh_database(database_url: str) -> Any:
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         asyncio.run(admin.dispose())
+
+
+@pytest.mark.parametrize("block", ENV_BLOCKS)
+def test_configuration_snippets_are_valid_settings(
+    block: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.config import Settings
+
+    for var in list(os.environ):
+        if var.upper().startswith(("DATABASE", "REDIS", "APP__", "CACHE__")):
+            monkeypatch.delenv(var)
+    lines = [ln for ln in block.splitlines() if re.match(r"^[A-Z_]+=", ln)]
+    assert lines
+    for line in lines:
+        name, _, value = line.partition("=")
+        value = value.split("  #", 1)[0].strip().strip("'")
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    for password in re.findall(r"://[^:/@]*:([^@]+)@", block):
+        assert password not in repr(settings)
 
 
 def test_shell_commands_are_the_ones_ci_runs() -> None:

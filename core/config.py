@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -161,7 +161,7 @@ class RedisSettings(_Group):
     socket_connect_timeout: float = Field(2.0, gt=0, le=300)
     health_check_interval: int = Field(30, ge=0, le=3600)
     retry_attempts: int = Field(3, ge=0, le=10)
-    key_prefix: str = Field("dualcore:", max_length=64, pattern=r"^[^\s*?\[\]]*$")
+    key_prefix: str = Field("dualcore:", max_length=64, pattern=r"^[^\s*?\[\]{}]*$")
 
     @model_validator(mode="before")
     @classmethod

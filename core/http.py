@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -58,7 +58,7 @@ def _dependency_of(exc: BaseException) -> str:
     for _ in range(8):
         if seen is None:
             break
-        if isinstance(seen, RedisError):
+        if isinstance(seen, (RedisError, RedisClusterException)):
             return "redis"
         seen = seen.__cause__ or seen.__context__
     return "database"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from core.cache import Cache, CacheUnavailable
 from core.config import CacheSettings
@@ -183,3 +186,32 @@ async def test_a_cancelled_call_settles_its_breaker_permit(
     # The cancelled probe released its slot: a new probe is admitted and closes the breaker.
     await _until_cached_again(cache)
     assert breaker.state.value == "closed"
+
+
+async def test_an_unreachable_cluster_fails_open_and_feeds_the_breaker() -> None:
+    # A cluster client reports failed node discovery as RedisClusterException, not a RedisError.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = RedisCluster(host="127.0.0.1", port=port)
+    breaker = CircuitBreaker("redis", failure_threshold=3, reset_timeout=60)
+    cache = make(client, breaker=breaker)  # type: ignore[arg-type]
+    plain = make(client)  # type: ignore[arg-type]
+    load = Counter()
+    try:
+        for group in (None, "g"):
+            value, elapsed = await _timed(cache.get_or_set("k", load, 60, group=group))
+            assert value == load.calls and elapsed < BOUND
+        assert cache.stats.errors == 2 and load.calls == 2
+        assert await cache.get("k", "down") == "down"
+        assert breaker.state.value == "open"
+        assert await cache.set("k", 1, 60) is False
+        assert cache.stats.bypassed == 1
+        with pytest.raises(CacheUnavailable) as caught:
+            await plain.invalidate_group("g")
+        assert isinstance(caught.value.__cause__, CacheUnavailable)
+        assert isinstance(caught.value.__cause__.__cause__, RedisClusterException)
+        with pytest.raises(CacheUnavailable):
+            await plain.delete("k")
+    finally:
+        await client.aclose()

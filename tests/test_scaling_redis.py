@@ -255,7 +255,7 @@ async def test_scaling_cluster_cache_fills_once_and_invalidates(
         assert await first.cache.delete(("user", 1))
         assert await second.cache.get(("user", 1)) is None
 
-        # Grouped entries live in several slots; invalidating the group reaches all of them.
+        # Grouped entries share their group's slot; invalidating the group reaches all of them.
         for i in range(20):
             await first.cache.get_or_set(("item", i), load, ttl=30, group="items")
         loaded = calls

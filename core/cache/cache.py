@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
 from anyio import sleep
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from core.cache._timeout import deadline
 from core.cache.codec import Codec, codec_for
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 _HIT, _MISS, _DOWN, _REFRESH = 0, 1, 2, 3
 _HELD: Final = "\x00held"
 """`_acquire` result when another filler holds the lock (never a valid token)."""
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# Cluster routing failures (no node for a slot, a stale map...) are not RedisErrors.
+_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 _RAW: dict[str, Any] = {"NEVER_DECODE": []}
 """Read entries as bytes even from a client built with `decode_responses=True`."""
 _MAX_TTL = 10 * 365 * 86400.0

@@ -1,21 +1,28 @@
 """Injective, length-capped Redis keys built from arbitrary key parts.
 
 A key is a string (one part) or a tuple of parts. Each part becomes one token and tokens are
-joined by `:`. Strings are kept readable: only `%`, `:`, glob characters (`*?[]\\`), hash-tag
-braces, the markers `!#$`, ASCII controls, space and lone surrogates are escaped as `%XX` or
-`%uXXXX`. Typed parts start with `!` and a tag letter; containers carry their length. No literal
-marker ever comes from user text, so distinct inputs always give distinct bodies, and a body never
-contains a glob pattern or a cluster hash tag.
+joined by `:`. Strings are kept readable: only `%`, `:`, glob characters (`*?[]\\`), braces, the
+markers `!#$`, ASCII controls, space and lone surrogates are escaped as `%XX` or `%uXXXX`. Typed
+parts start with `!` and a tag letter; containers carry their length. No literal marker ever comes
+from user text, so distinct inputs always give distinct encodings, and an encoding never contains
+a glob pattern or a brace.
 
-Layout, namespace first so cluster hash tags can be added in front of the user part later:
+Layout: prefix and namespace (neither may contain braces), then a body whose `{...}` is the one
+Redis Cluster hash tag of the key, so every key one script or MGET touches lives in one slot:
 
-    value    {prefix}{namespace}:{body}
-    grouped  {prefix}{namespace}:#{group}:{body}
-    lock     {prefix}{namespace}:$l:{body}
-    version  {prefix}{namespace}:$v:{group}
+    value    <prefix><namespace>:{<entry>}
+    lock     <prefix><namespace>:$l:{<entry>}
+    grouped  <prefix><namespace>:#{<group>}:<entry>
+    its lock <prefix><namespace>:$l:#{<group>}:<entry>
+    version  <prefix><namespace>:$v:{<group>}
 
-A body longer than the cap keeps a readable head and replaces the tail with `$h` + SHA-256 of the
-whole body, so every key (lock keys included) fits in `max_key_length` bytes.
+All entries of a group share their group's slot: a group's hit stays one MGET and invalidating it
+stays one SET, at the price of a large group weighing on one cluster node. An empty entry or group
+is written `!` (never an encoding) because Redis ignores an empty hash tag.
+
+Text longer than its share keeps a readable head and replaces the tail with `$h` + SHA-256 of the
+whole text (hex; 32 digits for a group, whose share is smaller), so every key, lock keys included,
+fits in `max_key_length` bytes.
 """
 
 from __future__ import annotations
@@ -40,9 +47,13 @@ _TABLE.update({c: f"%u{c:04X}" for c in range(0xD800, 0xE000)})
 
 _HASH_MARK = "$h"
 _DIGEST_LEN = 64
+_GROUP_DIGEST_LEN = 32
+_CAPPED_LEN = len(_HASH_MARK) + _DIGEST_LEN
 _SMALL_INT = 10**18
-_MIN_BUDGET = 96
 _LOCK_INFIX = "$l:"
+_EMPTY_TAG = "!"
+# The group's share of a grouped body must still hold a hashed group name.
+_MIN_BUDGET = len("#:") + _CAPPED_LEN + len(_HASH_MARK) + _GROUP_DIGEST_LEN
 
 
 def escape(text: str) -> str:
@@ -124,49 +135,70 @@ def encode_key(key: Key) -> str:
     return ":".join(out)
 
 
+def _cap(text: str, limit: int, digest_len: int) -> str:
+    """`text` if it fits `limit` bytes, else a readable head plus a hash of the whole text."""
+    # Fast path: even all-4-byte UTF-8 fits.
+    if len(text) * 4 <= limit:
+        return text
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    digest = hashlib.sha256(raw).hexdigest()[:digest_len]
+    # Cutting bytes may split a character; dropping the fragment keeps the head valid UTF-8.
+    head = raw[: limit - digest_len - len(_HASH_MARK)].decode(errors="ignore")
+    return f"{head}{_HASH_MARK}{digest}"
+
+
 class KeySpace:
     """Builds the Redis keys of one cache: prefix and namespace first, then the capped body."""
 
-    __slots__ = ("base", "budget")
+    __slots__ = ("base", "budget", "group_budget")
 
     def __init__(self, prefix: str, namespace: str, max_length: int) -> None:
         self.base = f"{prefix}{namespace}:"
-        # The lock key is the longest key derived from a body, so budget for its infix.
-        self.budget = max_length - len(self.base.encode()) - len(_LOCK_INFIX)
+        if "{" in self.base or "}" in self.base:
+            # Redis Cluster hashes the first {...} of a key: it must be the body's tag.
+            raise ValueError(
+                f"cache key prefix and namespace must not contain braces: {self.base!r}"
+            )
+        # The lock key is the longest key derived from a body: budget for its infix and the tag's
+        # braces.
+        self.budget = max_length - len(self.base.encode()) - len(_LOCK_INFIX) - len("{}")
+        # A group name longer than this is hashed: it takes at most half of a grouped body, and
+        # always leaves room for a hashed entry after it.
+        shared = self.budget - len("#:")
+        self.group_budget = min(shared // 2, shared - _CAPPED_LEN)
         if self.budget < _MIN_BUDGET:
             raise ValueError(
                 f"max_key_length {max_length} leaves {self.budget} bytes after the prefix "
                 f"{self.base!r}; need at least {_MIN_BUDGET}"
             )
 
-    def cap(self, body: str) -> str:
-        """`body` if it fits the budget, else a readable head plus a hash of the whole body."""
-        # Fast path: even all-4-byte UTF-8 fits.
-        if len(body) * 4 <= self.budget:
-            return body
-        raw = body.encode()
-        if len(raw) <= self.budget:
-            return body
-        digest = hashlib.sha256(raw).hexdigest()
-        # Cutting bytes may split a character; dropping the fragment keeps the head valid UTF-8.
-        head = raw[: self.budget - _DIGEST_LEN - len(_HASH_MARK)].decode(errors="ignore")
-        return f"{head}{_HASH_MARK}{digest}"
+    def cap(self, text: str) -> str:
+        """`text` if it fits the budget, else a readable head plus a hash of the whole text."""
+        return _cap(text, self.budget, _DIGEST_LEN)
+
+    def group_tag(self, group: str) -> str:
+        """The hash tag shared by `group`'s version key and entries."""
+        return _cap(escape(group), self.group_budget, _GROUP_DIGEST_LEN) or _EMPTY_TAG
 
     def body(self, key: Key, group: str | None = None) -> str:
-        """The capped body of `key`, marked with its group if it has one."""
+        """The capped body of `key` with its hash tag: the key itself, or its group."""
         encoded = encode_key(key)
-        if group is not None:
-            encoded = f"#{escape(group)}:{encoded}"
-        return self.cap(encoded)
+        if group is None:
+            return "{" + (_cap(encoded, self.budget, _DIGEST_LEN) or _EMPTY_TAG) + "}"
+        tag = self.group_tag(group)
+        rest = self.budget - len("#:") - len(tag.encode())
+        return f"#{{{tag}}}:{_cap(encoded, rest, _DIGEST_LEN)}"
 
     def value_key(self, body: str) -> str:
         """Where the value of `body` lives."""
         return self.base + body
 
     def lock_key(self, body: str) -> str:
-        """The cross-process fill lock of `body`."""
+        """The cross-process fill lock of `body` (in the same cluster slot as its value)."""
         return f"{self.base}{_LOCK_INFIX}{body}"
 
     def version_key(self, group: str) -> str:
         """The version token of `group`; bumping it invalidates every entry of the group."""
-        return f"{self.base}$v:{self.cap(escape(group))}"
+        return f"{self.base}$v:{{{self.group_tag(group)}}}"

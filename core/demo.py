@@ -15,7 +15,9 @@ _URL_NAMES = {"DATABASE": ("DATABASE_URL", "DATABASE__URL"), "REDIS": ("REDIS_UR
 def _configured(names: tuple[str, ...]) -> bool:
     from dotenv import dotenv_values
 
-    env_file = {k.upper(): v for k, v in dotenv_values(".env").items()} if Path(".env").exists() else {}
+    env_file = {}
+    if Path(".env").exists():
+        env_file = {k.upper(): v for k, v in dotenv_values(".env").items()}
     return any(os.environ.get(n) or os.environ.get(n.lower()) or env_file.get(n) for n in names)
 
 
@@ -51,9 +53,10 @@ def run_demo(*, framework: str, host: str, port: int) -> int:
     app = module.create_app(core)
     print(f"dualcore demo ({framework}) on http://{host}:{port}")
     print(f"  try: curl -s http://{host}:{port}/health/ready")
+    body = '{"email": "ada@example.com", "name": "Ada"}'
     print(
         f"       curl -s -X POST http://{host}:{port}/users "
-        "-H 'content-type: application/json' -d '{\"email\": \"ada@example.com\", \"name\": \"Ada\"}'"
+        f"-H 'content-type: application/json' -d '{body}'"
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0

@@ -20,10 +20,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _default(field: Any) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default
     if value is None:
         return "unset"
     if isinstance(value, bool):

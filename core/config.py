@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -249,6 +249,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, exclude=True, repr=False)
     redis_url: str | None = Field(None, exclude=True, repr=False)
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # `str(exc)` already hides inputs; this also cleans `exc.errors()` and `exc.json()`,
+            # which applications tend to log.
+            raise _scrubbed(exc) from None
+
     @model_validator(mode="before")
     @classmethod
     def _fold_plain_urls(cls, data: Any) -> Any:
@@ -285,6 +293,39 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once; `get_settings.cache_clear()` rereads them."""
     return Settings()
+
+
+# --- secrets in validation errors --------------------------------------------------------------
+
+
+def _scrub(value: Any, key: str = "") -> Any:
+    if "password" in key.lower():
+        return "**********"
+    if isinstance(value, str):
+        if "://" in value:
+            return redact_url(value)
+        # Whatever was put where a URL belongs may well be the password itself.
+        return "<hidden>" if "url" in key.lower() else value
+    if isinstance(value, dict):
+        return {k: _scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v, key) for v in value]
+    return value
+
+
+def _scrubbed(exc: ValidationError) -> ValidationError:
+    details: list[Any] = []
+    for err in exc.errors():
+        loc = err["loc"]
+        detail: dict[str, Any] = {
+            "type": err["type"],
+            "loc": loc,
+            "input": _scrub(err["input"], str(loc[-1]) if loc else ""),
+        }
+        if "ctx" in err:
+            detail["ctx"] = err["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
 # --- URL normalisation -------------------------------------------------------------------------

@@ -937,7 +937,9 @@ def _redis_ping(host: str, port: int, timeout: float) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            reply = s.recv(64)
+            # A server with requirepass answers -NOAUTH: it is up, it just wants a password.
+            return reply.startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

@@ -89,4 +89,6 @@ def create_app(core: Lifespan | None = None) -> Litestar:
         ],
         dependencies={"cache": Provide(provide_cache, sync_to_thread=False)},
         plugins=[CorePlugin(core if core is not None else Lifespan())],
+        # Leave process logging to the application (and the access log to the core).
+        logging_config=None,
     )

@@ -39,7 +39,7 @@ FRAMEWORKS = _frameworks()
 # parametrised over FRAMEWORKS and need at least one.
 collect_ignore_glob = [f"test_*{f}*.py" for f in ("fastapi", "litestar") if f not in FRAMEWORKS]
 if not FRAMEWORKS:
-    collect_ignore_glob += ["test_scenarios*.py", "test_observability*.py", "test_readme*.py"]
+    collect_ignore_glob += ["test_scenarios*.py", "test_observability.py", "test_readme*.py"]
 
 LOCAL_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"

@@ -76,8 +76,11 @@ async def delete_user(user_id: FromPath[uuid.UUID], db_session: Session, cache: 
         raise NotFoundException("user not found")
 
 
-def create_app(core: Lifespan | None = None) -> Litestar:
-    """Build the app around `core` (default: the global lifespan built from settings)."""
+def create_app(
+    core: Lifespan | None = None, dependencies: dict[str, Provide] | None = None
+) -> Litestar:
+    """Build the app around `core` (default: the global lifespan built from settings);
+    `dependencies` replace providers by name, the way tests override one."""
     return Litestar(
         route_handlers=[
             create_user,
@@ -87,7 +90,10 @@ def create_app(core: Lifespan | None = None) -> Litestar:
             update_user,
             delete_user,
         ],
-        dependencies={"cache": Provide(provide_cache, sync_to_thread=False)},
+        dependencies={
+            "cache": Provide(provide_cache, sync_to_thread=False),
+            **(dependencies or {}),
+        },
         plugins=[CorePlugin(core if core is not None else Lifespan())],
         # Leave process logging to the application (and the access log to the core).
         logging_config=None,

@@ -76,11 +76,12 @@ class CorePlugin(InitPluginProtocol):
             return core.redis.client
 
         db_key, read_db_key, redis_key = self._keys
+        # The app's own providers win: that is how a test (or a service) overrides one.
         app_config.dependencies = {
-            **app_config.dependencies,
             db_key: Provide(provide_db_session),
             read_db_key: Provide(provide_read_session),
             redis_key: Provide(provide_redis, sync_to_thread=False),
+            **app_config.dependencies,
         }
 
         def on_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
 from core.database import DatabaseManager
@@ -301,3 +302,30 @@ async def test_readiness_follows_a_private_redis(
                         break
                     await asyncio.sleep(0.1)
                 assert (await c.get("/health/ready")).status_code == 200
+
+
+async def test_dependency_override(framework: str, core: Lifespan) -> None:
+    """Each framework's own override mechanism replaces a core-provided dependency."""
+    used: list[str] = []
+
+    async def tracked_read_session() -> AsyncIterator[AsyncSession]:
+        used.append("override")
+        async with core.db.get_session(read_only=True) as session:
+            yield session
+
+    if framework == "fastapi":
+        from examples.fastapi_app import create_app
+        from integrations.fastapi import get_read_db
+
+        app = create_app(core)
+        app.dependency_overrides[get_read_db] = tracked_read_session
+    else:
+        from litestar.di import Provide
+
+        from examples.litestar_app import create_app as create_litestar
+
+        app = create_litestar(core, dependencies={"read_session": Provide(tracked_read_session)})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        assert (await c.get("/users")).status_code == 200
+    assert used == ["override"]

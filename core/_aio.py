@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    # A plain context manager on the current task: no extra task per use, unlike
+    # `asyncio.wait_for` before 3.12, and about a fifth of the cost of an anyio cancel scope.
+    from asyncio import timeout as deadline
+else:  # pragma: no cover - exercised by the 3.10 CI session
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from anyio import fail_after
+
+    @asynccontextmanager
+    async def deadline(seconds: float) -> AsyncIterator[None]:
+        """Raise `TimeoutError` if the block takes longer than `seconds`."""
+        with fail_after(seconds):
+            yield
 
 
 async def finish_shielded(aw: Awaitable[T]) -> T:
@@ -15,7 +32,7 @@ async def finish_shielded(aw: Awaitable[T]) -> T:
     A cancellation that arrives while waiting is re-raised once the work is done, so cleanup
     (returning a connection to its pool) is never cut in half. Callers bound `aw` with a timeout.
     """
-    task = asyncio.ensure_future(aw)
+    task = _start(aw)
     cancelled = False
     while True:
         try:
@@ -29,3 +46,12 @@ async def finish_shielded(aw: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def _start(aw: Awaitable[T]) -> asyncio.Future[T]:
+    if sys.version_info >= (3, 12) and asyncio.iscoroutine(aw):
+        # Eager: the work runs at once up to its first suspension, so cleanup that needs no
+        # I/O (the usual case) is done without a trip through the event loop; from there on
+        # it is an ordinary task, shielded like any other.
+        return asyncio.Task(aw, loop=asyncio.get_running_loop(), eager_start=True)
+    return asyncio.ensure_future(aw)

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
-from core._aio import finish_shielded
+from core._aio import deadline, finish_shielded
 from core._pgconn import discard_closed_on_checkout, shielded_connect
 from core.config import Settings, get_settings, redact_url
 from core.replicas import Replica, ReplicaSet, is_connection_failure
@@ -188,8 +188,16 @@ class DatabaseManager:
         return ReplicaSet(replicas, cooloff=db.replica_cooloff)
 
     async def close(self) -> None:
-        """Dispose all pools (and stop an embedded server this manager started)."""
+        """Dispose all pools (and stop an embedded server this manager started).
+
+        Connections still checked out (requests in flight) first get up to half the shutdown
+        timeout to come back: disposing a pool does not close them, so they would stay open.
+        """
         engines = [e for e in (self._read_engine, self._engine) if e is not None]
+        drained_by = time.monotonic() + self.settings.app.shutdown_timeout / 2
+        # Polled: a pool has no awaitable "all checked in" signal.
+        while any(_checked_out(e) for e in engines) and time.monotonic() < drained_by:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         replicas, self._replicas = self._replicas, None
         self._engine = self._read_engine = None
         self._rw_factory = self._ro_factory = None
@@ -299,7 +307,13 @@ class DatabaseManager:
                 if not read_only:
                     await session.commit()
             finally:
-                await finish_shielded(_release(session))
+                if session.sync_session.in_transaction():
+                    await finish_shielded(_release(session))
+                else:
+                    # Committed or never used: no connection is held, so closing is bookkeeping
+                    # with no await inside; cancellation cannot cut it short and it needs no
+                    # shielded task of its own (most requests end here).
+                    await session.close()
 
     @asynccontextmanager
     async def _replica_session(
@@ -372,12 +386,18 @@ class DatabaseManager:
         return f"DatabaseManager(url={self.safe_url!r}, started={self._engine is not None})"
 
 
+def _checked_out(engine: AsyncEngine) -> int:
+    checkedout = getattr(engine.pool, "checkedout", None)
+    return int(checkedout()) if checkedout is not None else 0
+
+
 async def _release(session: AsyncSession, conn: AsyncConnection | None = None) -> None:
     """Close the session (rolling back anything uncommitted); if that cannot finish in time,
     throw the connection away so it is never returned to the pool mid-transaction. `conn` is
     the connection the session was bound to, if it was given one; it is closed too."""
     try:
-        await asyncio.wait_for(session.close(), _CLEANUP_TIMEOUT)
+        async with deadline(_CLEANUP_TIMEOUT):
+            await session.close()
     except Exception as exc:
         log.warning("session close failed (%s); invalidating its connection", type(exc).__name__)
         try:
@@ -388,7 +408,8 @@ async def _release(session: AsyncSession, conn: AsyncConnection | None = None) -
             log.exception("invalidating a session's connection failed")
     if conn is not None and not conn.closed:
         try:
-            await asyncio.wait_for(conn.close(), _CLEANUP_TIMEOUT)
+            async with deadline(_CLEANUP_TIMEOUT):
+                await conn.close()
         except Exception:
             log.exception("closing a replica connection failed")
 

@@ -1,0 +1,175 @@
+"""Redis outages under load: cached lookups keep succeeding (the cache fails open), the Redis
+breaker opens during the outage and closes once Redis is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from core.resilience import BreakerState
+from tests.conftest import FRAMEWORKS
+from tests.faults.harness import (
+    SLACK,
+    Figures,
+    Load,
+    PgMonitor,
+    Service,
+    fault_settings,
+    summarise,
+    wait_for,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def _kill_clients(rds: EmbeddedRedis, stop: float) -> int:
+    """`CLIENT KILL` every other client again and again until `stop`; how many were killed."""
+    admin = aioredis.Redis.from_url(rds.url)
+    killed = 0
+    try:
+        while time.monotonic() < stop:
+            reply = await admin.execute_command("CLIENT KILL TYPE normal SKIPME yes")  # type: ignore[no-untyped-call]
+            killed += int(reply)
+            await anyio.sleep(0.2)
+    finally:
+        await admin.aclose()
+    return killed
+
+
+async def _redis_outage(
+    framework: str,
+    pg: EmbeddedPostgres,
+    rds: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    *,
+    how: str,
+    concurrency: int,
+    outage: float,
+    users: int,
+    label: str = "",
+) -> Figures:
+    settings = fault_settings(pg.url, rds.url, schema=schema)
+    async with Service(framework, settings, monitor, schema=schema) as svc:
+        ids = await svc.seed_users(users)
+        for uid in ids:  # warm the cache
+            assert (await svc.http.get(f"/users/{uid}/cached")).status_code == 200
+        breaker = svc.core.redis.breaker
+        seen: set[BreakerState] = set()
+        opened: list[float] = []
+        breaker.listeners.append(
+            lambda _name, _old, new: (
+                opened.append(time.monotonic()) if new is BreakerState.OPEN else None
+            )
+        )
+
+        async def watch(until: float) -> None:
+            while time.monotonic() < until:
+                seen.add(breaker.state)
+                await anyio.sleep(0.01)
+
+        async with Load(
+            lambda n: svc.http.get(f"/users/{ids[n % len(ids)]}/cached"), concurrency
+        ) as load:
+            await anyio.sleep(0.3)
+            started = time.monotonic()
+            killed = 0
+            if how == "restart":
+                await asyncio.to_thread(rds.stop)
+                await watch(started + outage)
+                await asyncio.to_thread(rds.start)
+            elif how == "pause":
+                await asyncio.to_thread(rds.pause)
+                await watch(started + outage)
+                await asyncio.to_thread(rds.resume)
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watch, started + outage)
+                    killed = await _kill_clients(rds, started + outage)
+            lifted = time.monotonic()
+            await wait_for(lambda: breaker.state is BreakerState.CLOSED, timeout=10)
+            closed = time.monotonic() - lifted
+            await anyio.sleep(0.3)
+            samples = await load.stop()
+        stats = svc.core.redis.cache.stats
+    if how != "client kill":
+        assert opened, "the Redis breaker never opened during the outage"
+        assert BreakerState.OPEN in seen or BreakerState.HALF_OPEN in seen
+    row = summarise(
+        f"redis {how}{label} [{framework}]",
+        samples,
+        # A lookup and a fill attempt, each bounded by the cache's operation timeout.
+        bound=2 * settings.cache.operation_timeout + SLACK,
+        leaked=svc.leaked,
+        fault_started=started,
+        fault_lifted=lifted,
+        expected_status=(),  # the cache fails open: every lookup must succeed
+        note=(
+            f"{outage:.1f}s outage; breaker opened {len(opened)}x, "
+            f"closed {closed:.2f}s after; bypassed {stats.bypassed}, errors {stats.errors}"
+            + (f"; {killed} clients killed" if how == "client kill" else "")
+        ),
+    )
+    # Lookups never failed, so recovery is the breaker's: back to using Redis.
+    row.recovery = closed
+    return row
+
+
+async def test_fault_redis_restart_quick(
+    private_pg: EmbeddedPostgres,
+    private_redis: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    record: Callable[[Figures], None],
+) -> None:
+    """Redis stopped and started again under a little load (the fast subset)."""
+    record(
+        await _redis_outage(
+            FRAMEWORKS[0],
+            private_pg,
+            private_redis,
+            monitor,
+            schema,
+            how="restart",
+            concurrency=4,
+            outage=1.0,
+            users=5,
+            label=" (quick)",
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "how", ["restart", "pause", "client kill"], ids=lambda how: how.replace(" ", "-")
+)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_fault_redis_outage(
+    framework: str,
+    how: str,
+    private_pg: EmbeddedPostgres,
+    private_redis: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    record: Callable[[Figures], None],
+) -> None:
+    """Redis restarted, frozen (SIGSTOP) or its clients killed, under load."""
+    record(
+        await _redis_outage(
+            framework,
+            private_pg,
+            private_redis,
+            monitor,
+            schema,
+            how=how,
+            concurrency=10,
+            outage=2.0,
+            users=20,
+        )
+    )

@@ -1,0 +1,176 @@
+"""A dead dependency costs a bounded number of connection attempts, counted by a proxy in front
+of it: start-up waits on a capped retry policy, and under load the breakers stop the stampede."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from core.database import DatabaseManager
+from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from core.lifespan import DependencyUnavailable, Lifespan
+from core.redis_client import RedisManager
+from tests.conftest import FRAMEWORKS
+from tests.faultproxy import FaultProxy
+from tests.faults.harness import (
+    SLACK,
+    Figures,
+    Load,
+    PgMonitor,
+    Service,
+    fault_settings,
+    summarise,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+# asyncpg asks for TLS first (sslmode=prefer); a reset during that exchange makes it try once
+# more without TLS, so one attempt may open two TCP connections.
+PG_CONNECTIONS_PER_ATTEMPT = 2
+
+
+async def test_fault_retries_dead_postgres_at_startup(
+    private_pg: EmbeddedPostgres,
+    private_redis: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    record: Callable[[Figures], None],
+) -> None:
+    """Start-up against a database that resets every connection gives up after
+    `startup_timeout`, having tried a bounded number of times."""
+    async with FaultProxy("127.0.0.1", private_pg.port) as proxy:
+        proxy.cut()
+        settings = fault_settings(
+            proxy.url_for(private_pg.url),
+            private_redis.url,
+            schema=schema,
+            app={"startup_timeout": 2.0},
+        )
+        core = Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings)
+        started = time.monotonic()
+        with pytest.raises(DependencyUnavailable) as failed:
+            with anyio.fail_after(settings.app.startup_timeout + 5):
+                await core.__aenter__()
+        elapsed = time.monotonic() - started
+    match = re.search(r"\((\d+) attempts?\)", str(failed.value))
+    assert match is not None, str(failed.value)
+    attempts = int(match.group(1))
+    # Jittered exponential pauses from 0.1s, capped at 2s, within a 2s budget: a handful of
+    # attempts. 25 would already be a storm.
+    assert 1 < attempts <= 25
+    assert proxy.accepted <= attempts * PG_CONNECTIONS_PER_ATTEMPT
+    assert elapsed <= settings.app.startup_timeout + SLACK
+    left = await monitor.connections(settings.app.name)
+    record(
+        Figures(
+            scenario="retries: pg dead at start-up",
+            sent=1,
+            succeeded=0,
+            expected_failures=1,
+            unexpected_failures=0,
+            p99=elapsed,
+            max_latency=elapsed,
+            bound=settings.app.startup_timeout + SLACK,
+            recovery=None,
+            leaked=left,
+            note=f"{attempts} attempts, {proxy.accepted} connections in {elapsed:.2f}s",
+        )
+    )
+
+
+def _attempt_bound(concurrency: int, window: float, settings_reset: float, threshold: int) -> int:
+    """Calls a breaker admits while its dependency is dead: those in flight when it opens (at
+    most every worker, plus the failures that opened it), then one probe per reset timeout."""
+    return concurrency + threshold + math.ceil(window / settings_reset) + 1
+
+
+async def test_fault_retries_dead_postgres_under_load(
+    private_pg: EmbeddedPostgres,
+    private_redis: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    record: Callable[[Figures], None],
+) -> None:
+    """Every connection to the database reset while requests keep coming: they get 503 at
+    once, and the breaker keeps the connection attempts to a trickle."""
+    framework = FRAMEWORKS[0]
+    window, concurrency = 3.0, 10
+    async with FaultProxy("127.0.0.1", private_pg.port) as proxy:
+        settings = fault_settings(proxy.url_for(private_pg.url), private_redis.url, schema=schema)
+        async with Service(framework, settings, monitor, schema=schema) as svc:
+            ids = await svc.seed_users(10)
+            proxy.cut()
+            before = proxy.accepted
+            started = time.monotonic()
+            async with Load(
+                lambda n: svc.http.get(f"/users/{ids[n % len(ids)]}"), concurrency
+            ) as load:
+                await anyio.sleep(window)
+                samples = await load.stop()
+            attempts = proxy.accepted - before
+            proxy.restore()
+    res = settings.resilience
+    bound = PG_CONNECTIONS_PER_ATTEMPT * _attempt_bound(
+        concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
+    )
+    assert attempts <= bound, (attempts, bound)
+    record(
+        summarise(
+            f"retries: pg dead under load [{framework}]",
+            samples,
+            bound=settings.database.connect_timeout + SLACK,
+            leaked=svc.leaked,
+            fault_started=started,
+            note=f"{attempts} connection attempts for {len(samples)} requests (bound {bound})",
+        )
+    )
+
+
+async def test_fault_retries_dead_redis_under_load(
+    private_pg: EmbeddedPostgres,
+    private_redis: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    record: Callable[[Figures], None],
+) -> None:
+    """Every connection to Redis reset while cached lookups keep coming: they succeed from the
+    database, and the Redis breaker keeps the connection attempts to a trickle."""
+    framework = FRAMEWORKS[0]
+    window, concurrency = 3.0, 10
+    async with FaultProxy("127.0.0.1", private_redis.port) as proxy:
+        settings = fault_settings(private_pg.url, proxy.url_for(private_redis.url), schema=schema)
+        async with Service(framework, settings, monitor, schema=schema) as svc:
+            ids = await svc.seed_users(10)
+            proxy.cut()
+            before = proxy.accepted
+            started = time.monotonic()
+            async with Load(
+                lambda n: svc.http.get(f"/users/{ids[n % len(ids)]}/cached"), concurrency
+            ) as load:
+                await anyio.sleep(window)
+                samples = await load.stop()
+            attempts = proxy.accepted - before
+            proxy.restore()
+    res = settings.resilience
+    # redis-py retries each command `retry_attempts` times on a fresh connection.
+    per_call = settings.redis.retry_attempts + 1
+    bound = per_call * _attempt_bound(
+        concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
+    )
+    assert attempts <= bound, (attempts, bound)
+    record(
+        summarise(
+            f"retries: redis dead under load [{framework}]",
+            samples,
+            bound=2 * settings.cache.operation_timeout + SLACK,
+            leaked=svc.leaked,
+            fault_started=started,
+            expected_status=(),
+            note=f"{attempts} connection attempts for {len(samples)} requests (bound {bound})",
+        )
+    )

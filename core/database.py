@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from core._aio import deadline, finish_shielded
 from core._pgconn import discard_closed_on_checkout, shielded_connect
 from core.config import Settings, get_settings, redact_url
+from core.errors import ResourceClosedError
 from core.replicas import Replica, ReplicaSet, is_connection_failure
 from core.resilience import CircuitBreaker
 
@@ -70,6 +71,7 @@ class DatabaseManager:
         self._ro_factory: async_sessionmaker[AsyncSession] | None = None
         self._replicas: ReplicaSet | None = None
         self._embedded: Any = None
+        self._closed = False
         self._url_override: str | None = None
         self._breaker: CircuitBreaker | None = None
 
@@ -145,6 +147,7 @@ class DatabaseManager:
 
     async def start(self) -> None:
         """Start an embedded server if configured, and build the engines. Idempotent."""
+        self._closed = False
         if self._engine is not None:
             return
         if self.settings.database.is_embedded:
@@ -154,6 +157,8 @@ class DatabaseManager:
         self._build()
 
     def _build(self) -> None:
+        if self._closed:
+            raise ResourceClosedError("database")
         if self.url == "embedded":
             raise RuntimeError("DATABASE_URL=embedded: call `await manager.start()` first")
         self._engine = discard_closed_on_checkout(
@@ -198,6 +203,7 @@ class DatabaseManager:
         # Polled: a pool has no awaitable "all checked in" signal.
         while any(_checked_out(e) for e in engines) and time.monotonic() < drained_by:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+        self._closed = True
         replicas, self._replicas = self._replicas, None
         self._engine = self._read_engine = None
         self._rw_factory = self._ro_factory = None

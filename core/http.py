@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from core.errors import ResourceClosedError
 from core.resilience import CircuitOpenError, is_serialization_failure, is_transient
 
 __all__ = [
@@ -82,6 +83,8 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
         return _CONFLICT
     if isinstance(exc, CircuitOpenError):
         return _unavailable(exc.name, exc.retry_after or _RETRY_AFTER_BUSY)
+    if isinstance(exc, ResourceClosedError):
+        return _unavailable(exc.dependency, _RETRY_AFTER_DOWN)
     if isinstance(exc, DependencyUnavailable):
         return _unavailable(exc.dependency.lower(), _RETRY_AFTER_DOWN)
     if is_transient(exc):
@@ -99,6 +102,7 @@ def handled_exception_types() -> tuple[type[Exception], ...]:
         RedisConnectionError,
         RedisTimeoutError,
         DependencyUnavailable,
+        ResourceClosedError,
         OSError,
         TimeoutError,
         asyncio.TimeoutError,

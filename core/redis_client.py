@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings, get_settings, redact_url
+from core.errors import ResourceClosedError
 from core.redis_topology import build_topology_client, is_topology_url
 from core.resilience import CircuitBreaker
 
@@ -42,6 +43,7 @@ class RedisManager:
         self.cache_metrics: MetricsHook | None = None
         """Receives cache events (hits, misses, errors...); set before first use of `cache`."""
         self._embedded: Any = None
+        self._closed = False
         self._url_override: str | None = None
         # Set when the client is a Sentinel or Cluster client: it closes what that client opened.
         self._close_topology: Callable[[], Awaitable[None]] | None = None
@@ -63,6 +65,8 @@ class RedisManager:
         return redact_url(self.url)
 
     def _build(self) -> Redis:
+        if self._closed:
+            raise ResourceClosedError("redis")
         if self.url == "embedded":
             raise RuntimeError("REDIS_URL=embedded: call `await manager.start()` first")
         if is_topology_url(self.url):
@@ -91,6 +95,7 @@ class RedisManager:
 
     async def start(self) -> None:
         """Start an embedded server if configured, and build the client. Idempotent."""
+        self._closed = False
         if self._client is not None:
             return
         if self.settings.redis.is_embedded:
@@ -157,6 +162,8 @@ class RedisManager:
         """Close the client and its pool if this manager built them."""
         cache, self._cache = self._cache, None
         client = self._client
+        if self._owns_client:
+            self._closed = True
         try:
             if cache is not None:
                 await cache.aclose()

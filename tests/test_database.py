@@ -414,3 +414,27 @@ async def test_repr_and_urls_hide_the_password(app_name: str) -> None:
         assert db.engine.url.password == CANARY
     finally:
         await db.close()
+
+
+async def test_use_after_close_is_refused_until_restarted(
+    database_url: str, app_name: str, probe: AsyncEngine
+) -> None:
+    from core.errors import ResourceClosedError
+    from core.http import error_response_for
+
+    manager = DatabaseManager(_settings(database_url, app_name))
+    await manager.start()
+    await manager.ping()
+    await manager.close()
+    # A late request must not silently build a pool that nothing would close.
+    with pytest.raises(ResourceClosedError) as caught:
+        async with manager.get_session(read_only=True):
+            pass
+    mapped = error_response_for(caught.value)
+    assert mapped is not None and mapped.status == 503
+    assert await _no_backends(probe, app_name)
+    await manager.start()
+    try:
+        assert await manager.ping() > 0
+    finally:
+        await manager.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ..cache.hooks import CacheEvent
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .collectors import BreakerCollector, BreakerLike, PoolCollector
 from .labels import method_label, route_label
@@ -32,18 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CACHE_EVENTS = (
-    "hits",
-    "misses",
-    "stale",
-    "decode_failures",
-    "errors",
-    "bypassed",
-    "loader_calls",
-    "early_refreshes",
-    "lock_waits",
-    "lock_timeouts",
-)
+CACHE_EVENTS: tuple[str, ...] = get_args(CacheEvent)
 """The events `core.cache.Cache` reports to its metrics hook."""
 _CACHE_ALIASES = {
     "hit": "hits",

@@ -1,4 +1,4 @@
-"""Test matrix: Python 3.10-3.13 x {FastAPI, Litestar}, plus core-only, lint, types, faults, bench."""
+"""Sessions: Python 3.10-3.13 x {FastAPI, Litestar}, core-only, lint, types, faults, bench."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def core_only(session: nox.Session) -> None:
     """The core with neither framework installed: it must import and pass on its own."""
     session.install("-e", ".[embedded]", *_group("test"))
     session.env["DUALCORE_TEST_FRAMEWORKS"] = "none"
-    session.run("python", "-c", "import core.config, core.database, core.redis_client, core.lifespan")
+    session.run("python", "-c", "import core.database, core.redis_client, core.lifespan")
     _pytest(session, "-m", "not slow")
 
 

@@ -13,8 +13,8 @@ from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdat
 from integrations.fastapi import DbSession, ReadDbSession, install
 
 
-def get_cache(request: Request) -> Cache:
-    """The cache of the app's core."""
+async def get_cache(request: Request) -> Cache:
+    """The cache of the app's core (async: FastAPI runs plain functions in a thread pool)."""
     core: Lifespan = request.app.state.dualcore
     return core.redis.cache
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Litestar, Request, delete, get, patch, post
+from litestar import Litestar, delete, get, patch, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -17,44 +18,50 @@ from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdat
 from integrations.litestar import CorePlugin
 
 
-def provide_cache(request: Request[Any, Any, Any]) -> Cache:
-    """The cache of the app's core."""
-    core: Lifespan = request.app.state.dualcore
+def _cache(state: State) -> Cache:
+    core: Lifespan = state.dualcore
     return core.redis.cache
 
 
-Session = NamedDependency[AsyncSession]
-CacheDep = NamedDependency[Cache]
+def provide_users(db_session: AsyncSession, state: State) -> UserService:
+    """The service on a read-write session."""
+    return UserService(db_session, _cache(state))
+
+
+def provide_read_users(read_session: AsyncSession, state: State) -> UserService:
+    """The service on a read-only session (one dependency per handler keeps Litestar from
+    resolving a batch of them in a task group on every request)."""
+    return UserService(read_session, _cache(state))
+
+
+Users = NamedDependency[UserService]
 
 
 @post("/users")
-async def create_user(data: JSONBody[UserCreate], db_session: Session, cache: CacheDep) -> UserOut:
-    return await UserService(db_session, cache).create(data)
+async def create_user(data: JSONBody[UserCreate], users: Users) -> UserOut:
+    return await users.create(data)
 
 
 @get("/users")
 async def list_users(
-    read_session: Session,
-    cache: CacheDep,
+    read_users: Users,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
 ) -> UserPage:
-    return await UserService(read_session, cache).list(limit=limit, offset=offset)
+    return await read_users.list(limit=limit, offset=offset)
 
 
 @get("/users/{user_id:uuid}")
-async def get_user(user_id: FromPath[uuid.UUID], read_session: Session, cache: CacheDep) -> UserOut:
-    user = await UserService(read_session, cache).get(user_id)
+async def get_user(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
+    user = await read_users.get(user_id)
     if user is None:
         raise NotFoundException("user not found")
     return user
 
 
 @get("/users/{user_id:uuid}/cached")
-async def get_user_cached(
-    user_id: FromPath[uuid.UUID], read_session: Session, cache: CacheDep
-) -> UserOut:
-    user = await UserService(read_session, cache).get_cached_user(user_id)
+async def get_user_cached(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
+    user = await read_users.get_cached_user(user_id)
     if user is None:
         raise NotFoundException("user not found")
     return user
@@ -62,17 +69,17 @@ async def get_user_cached(
 
 @patch("/users/{user_id:uuid}")
 async def update_user(
-    user_id: FromPath[uuid.UUID], data: JSONBody[UserUpdate], db_session: Session, cache: CacheDep
+    user_id: FromPath[uuid.UUID], data: JSONBody[UserUpdate], users: Users
 ) -> UserOut:
-    user = await UserService(db_session, cache).update(user_id, data)
+    user = await users.update(user_id, data)
     if user is None:
         raise NotFoundException("user not found")
     return user
 
 
 @delete("/users/{user_id:uuid}")
-async def delete_user(user_id: FromPath[uuid.UUID], db_session: Session, cache: CacheDep) -> None:
-    if not await UserService(db_session, cache).delete(user_id):
+async def delete_user(user_id: FromPath[uuid.UUID], users: Users) -> None:
+    if not await users.delete(user_id):
         raise NotFoundException("user not found")
 
 
@@ -91,7 +98,8 @@ def create_app(
             delete_user,
         ],
         dependencies={
-            "cache": Provide(provide_cache, sync_to_thread=False),
+            "users": Provide(provide_users, sync_to_thread=False),
+            "read_users": Provide(provide_read_users, sync_to_thread=False),
             **(dependencies or {}),
         },
         plugins=[CorePlugin(core if core is not None else Lifespan())],

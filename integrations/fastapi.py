@@ -54,8 +54,8 @@ async def get_read_db(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_redis(request: Request) -> Redis:
-    """The shared Redis client."""
+async def get_redis(request: Request) -> Redis:
+    """The shared Redis client (async: FastAPI runs plain functions in a thread pool)."""
     return _core(request).redis.client
 
 

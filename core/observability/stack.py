@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import ObservabilitySettings
-from .access_log import AccessLogMiddleware
-from .asgi_types import ASGIApp, Receive, Scope, Send
-from .metrics import Metrics, MetricsMiddleware
-from .request_id import RequestIdMiddleware
+from .access_log import AccessLogger, AccessLogMiddleware
+from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .labels import route_label
+from .metrics import HttpRecorder, Metrics, MetricsMiddleware
+from .request_id import RequestIdMiddleware, RequestIdPolicy, reset_request_id, set_request_id
 from .slow_query import install_slow_query_log
 from .tracing import TracingMiddleware, tracing_available
 
@@ -59,8 +61,10 @@ def observability_middleware(
 class ObservabilityMiddleware:
     """The whole stack as one ASGI middleware, for wrapping an app from the outside.
 
-    Built once in `__init__` as the chain `observability_middleware(settings, metrics)` describes;
-    non-HTTP scopes skip the chain and reach `app` directly.
+    Behaves as the chain `observability_middleware(settings, metrics)` describes; non-HTTP scopes
+    reach `app` directly. Without tracing, the layers run fused in one call (one send wrapper,
+    one clock, one route lookup) rather than as nested middleware: same headers, log lines and
+    metrics, at a fraction of the per-request cost.
     """
 
     def __init__(
@@ -79,13 +83,75 @@ class ObservabilityMiddleware:
         for cls, kwargs in reversed(specs):
             chain = cls(chain, **kwargs)
         self._chain = chain
+        # The fused path knows exactly these three layers; anything else runs as the chain.
+        known = {RequestIdMiddleware, AccessLogMiddleware, MetricsMiddleware}
+        self._fused = all(cls in known for cls, _ in specs)
+        self._policy = RequestIdPolicy(settings.request_id_header)
+        self._access: AccessLogger | None = None
+        self._recorder: HttpRecorder | None = None
+        for cls, kwargs in specs:
+            if cls is AccessLogMiddleware:
+                self._access = AccessLogger(**kwargs)
+            elif cls is MetricsMiddleware:
+                self._recorder = HttpRecorder(kwargs["metrics"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run an HTTP request through the stack; other scopes reach `app` untouched."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self._chain(scope, receive, send)
+        if not self._fused:
+            await self._chain(scope, receive, send)
+            return
+        # Mirrors RequestIdMiddleware(AccessLogMiddleware(MetricsMiddleware(app))).
+        policy = self._policy
+        request_id, header = policy.pick(scope)
+        access = self._access
+        if access is not None and not access.enabled():
+            access = None
+        recorder = self._recorder
+        # Read before the app runs: routers may rewrite the path in the shared scope.
+        path = scope["path"]
+        query = scope.get("query_string", b"")
+        status = 0
+        end = 0.0
+        started = False
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, end, started
+            kind = message["type"]
+            if kind == "http.response.start":
+                started = True
+                status = message["status"]
+                message = policy.add_header(message, header)
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                end = perf_counter()
+            await send(message)
+
+        token = set_request_id(request_id)
+        try:
+            if recorder is not None:
+                recorder.in_progress.inc()
+            start = perf_counter()
+            try:
+                await self.app(scope, receive, send_observed)
+            finally:
+                if not end:
+                    status, end = 500, perf_counter()
+                if recorder is not None:
+                    recorder.in_progress.dec()
+                if recorder is not None or access is not None:
+                    route = route_label(scope, status)
+                    if recorder is not None:
+                        recorder.record(scope["method"], route, status, end - start)
+                    if access is not None:
+                        access.emit(scope, route, path, query, status, end - start)
+        except Exception:
+            if not started:
+                await policy.send_error(send, header)
+            raise
+        finally:
+            reset_request_id(token)
 
 
 def observe_engine(

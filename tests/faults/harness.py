@@ -24,12 +24,14 @@ import httpx
 
 from core.config import Settings
 from core.database import DatabaseManager
+from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core.lifespan import Lifespan
 from core.redis_client import RedisManager
 from tests.scenario_apps import build_app
 
 __all__ = [
     "SLACK",
+    "FaultEnv",
     "Figures",
     "Load",
     "PgMonitor",
@@ -568,3 +570,15 @@ def table(rows: Sequence[Figures]) -> list[str]:
 
     rule = "-+-".join("-" * w for w in widths)
     return [line(headers), rule, *(line(c) for c in cells)]
+
+
+@dataclass(frozen=True)
+class FaultEnv:
+    """What every scenario gets: the private servers, a monitor on the PostgreSQL one, a schema
+    of its own, and `record` to add its row to the figures table."""
+
+    pg: EmbeddedPostgres
+    redis: EmbeddedRedis
+    monitor: PgMonitor
+    schema: str
+    record: Callable[[Figures], None]

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 
 import anyio
 import pytest
 from sqlalchemy import event
 
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core.resilience import BreakerState
 from tests.conftest import FRAMEWORKS
 from tests.faults.harness import (
     SLACK,
+    FaultEnv,
     Figures,
     Load,
     PgMonitor,
@@ -32,10 +31,7 @@ pytestmark = pytest.mark.anyio
 
 async def _pool_exhaustion(
     framework: str,
-    pg: EmbeddedPostgres,
-    rds: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
+    env: FaultEnv,
     *,
     concurrency: int,
     hold: float,
@@ -44,12 +40,12 @@ async def _pool_exhaustion(
 ) -> Figures:
     pool_timeout = 0.3
     settings = fault_settings(
-        pg.url,
-        rds.url,
-        schema=schema,
+        env.pg.url,
+        env.redis.url,
+        schema=env.schema,
         database={"pool_size": 2, "max_overflow": 0, "pool_timeout": pool_timeout},
     )
-    async with Service(framework, settings, monitor, schema=schema) as svc:
+    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
         started = time.monotonic()
         holders = [
             asyncio.create_task(timed(lambda: svc.http.get("/slow", params={"seconds": hold})))
@@ -83,20 +79,13 @@ async def _pool_exhaustion(
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_fault_pool_exhaustion_quick(
     framework: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Excess requests get 503 within the pool timeout, and the app recovers (small)."""
-    record(
+    env.record(
         await _pool_exhaustion(
             framework,
-            private_pg,
-            private_redis,
-            monitor,
-            schema,
+            env,
             concurrency=6,
             hold=0.8,
             after=0.3,
@@ -109,20 +98,13 @@ async def test_fault_pool_exhaustion_quick(
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_fault_pool_exhaustion(
     framework: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Excess requests get 503 within the pool timeout, and the app recovers."""
-    record(
+    env.record(
         await _pool_exhaustion(
             framework,
-            private_pg,
-            private_redis,
-            monitor,
-            schema,
+            env,
             concurrency=30,
             hold=2.0,
             after=1.0,
@@ -152,24 +134,20 @@ class _PeakSampler:
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_fault_pool_thousand_cancelled_requests(
     framework: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """1,000 requests cancelled mid-query or while waiting for a connection (the client went
     away): nothing stays checked out, the server never sees more connections than the pools
     allow, nothing is left idle in a transaction, and the app keeps serving."""
     total, concurrency = 1000, 30
     settings = fault_settings(
-        private_pg.url,
-        private_redis.url,
-        schema=schema,
+        env.pg.url,
+        env.redis.url,
+        schema=env.schema,
         database={"pool_size": 5, "max_overflow": 5, "pool_timeout": 2.0},
     )
     rng = random.Random(5)
-    async with Service(framework, settings, monitor, schema=schema) as svc:
+    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
         holding: set[asyncio.Task[object] | None] = set()
         got_connection: dict[asyncio.Task[object] | None, asyncio.Event] = {}
 
@@ -180,7 +158,7 @@ async def test_fault_pool_thousand_cancelled_requests(
                 got_connection[task].set()
 
         event.listen(svc.core.db.engine.sync_engine, "checkout", on_checkout)
-        sampler = _PeakSampler(svc, monitor)
+        sampler = _PeakSampler(svc, env.monitor)
         gate = asyncio.Semaphore(concurrency)
         cancel_latency: list[float] = []
         outcomes = {"cancelled": 0, "completed": 0, "mid_query": 0}
@@ -217,7 +195,7 @@ async def test_fault_pool_thousand_cancelled_requests(
         event.remove(svc.core.db.engine.sync_engine, "checkout", on_checkout)
 
         assert svc.checked_out() == 0
-        await wait_for(lambda: _no_idle_in_transaction(monitor, svc.name), timeout=3)
+        await wait_for(lambda: _no_idle_in_transaction(env.monitor, svc.name), timeout=3)
         assert sampler.server_peak <= svc.pool_bound(), (sampler.server_peak, svc.pool_bound())
         # Still serving afterwards.
         after = [
@@ -240,8 +218,8 @@ async def test_fault_pool_thousand_cancelled_requests(
     row.max_latency = max(cancel_latency)
     row.succeeded += outcomes["completed"]
     row.sent += outcomes["completed"]
-    record(row)
+    env.record(row)
 
 
-async def _no_idle_in_transaction(monitor: PgMonitor, name: str) -> bool:
-    return await monitor.connections(name, "idle in transaction%") == 0
+async def _no_idle_in_transaction(mon: PgMonitor, name: str) -> bool:
+    return await mon.connections(name, "idle in transaction%") == 0

@@ -11,15 +11,14 @@ import anyio
 import httpx
 import pytest
 
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core.resilience import BreakerState
 from tests.conftest import FRAMEWORKS
 from tests.faultproxy import FaultProxy
 from tests.faults.harness import (
     SLACK,
+    FaultEnv,
     Figures,
     Load,
-    PgMonitor,
     Service,
     fault_settings,
     summarise,
@@ -52,27 +51,23 @@ async def _check_writes(svc: Service, load: Load) -> int:
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_fault_postgres_restart(
     framework: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """A restart under load: 503s while it is down, every acknowledged write stored, recovery
     once the breaker's reset timeout has passed."""
-    settings = fault_settings(private_pg.url, private_redis.url, schema=schema)
-    async with Service(framework, settings, monitor, schema=schema) as svc:
+    settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
+    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
         ids = await svc.seed_users(20)
         async with Load(_mixed(svc, ids), concurrency=10) as load:
             await anyio.sleep(1.0)
             started = time.monotonic()
-            await asyncio.to_thread(private_pg.restart)
+            await asyncio.to_thread(env.pg.restart)
             lifted = time.monotonic()
             await wait_for(lambda: svc.core.db.breaker.state is BreakerState.CLOSED, timeout=10)
             await anyio.sleep(1.5)
             samples = await load.stop()
         writes = await _check_writes(svc, load)
-    record(
+    env.record(
         summarise(
             f"pg restart [{framework}]",
             samples,
@@ -88,16 +83,12 @@ async def test_fault_postgres_restart(
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_fault_postgres_idle_connections_killed(
     framework: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Idle pooled connections terminated by the server (pg_terminate_backend) while requests
     keep coming: the pool replaces them."""
-    settings = fault_settings(private_pg.url, private_redis.url, schema=schema)
-    async with Service(framework, settings, monitor, schema=schema) as svc:
+    settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
+    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
         ids = await svc.seed_users(20)
         killed = 0
         # Fewer workers than pooled connections, so some sit idle in the pool at every moment.
@@ -105,14 +96,14 @@ async def test_fault_postgres_idle_connections_killed(
             await anyio.sleep(0.5)
             started = time.monotonic()
             for _ in range(6):
-                killed += await monitor.terminate(svc.name, "idle")
+                killed += await env.monitor.terminate(svc.name, "idle")
                 await anyio.sleep(0.3)
             lifted = time.monotonic()
             await anyio.sleep(1.0)
             samples = await load.stop()
         writes = await _check_writes(svc, load)
     assert killed > 0
-    record(
+    env.record(
         summarise(
             f"pg idle conns killed [{framework}]",
             samples,
@@ -127,18 +118,15 @@ async def test_fault_postgres_idle_connections_killed(
 
 async def _hung(
     framework: str,
-    pg: EmbeddedPostgres,
-    rds: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
+    env: FaultEnv,
     *,
     how: str,
 ) -> Figures:
-    async with FaultProxy("127.0.0.1", pg.port) as proxy:
+    async with FaultProxy("127.0.0.1", env.pg.port) as proxy:
         settings = fault_settings(
-            proxy.url_for(pg.url),
-            rds.url,
-            schema=schema,
+            proxy.url_for(env.pg.url),
+            env.redis.url,
+            schema=env.schema,
             database={"command_timeout": 0.5, "connect_timeout": 0.5, "pool_timeout": 0.5},
         )
         db = settings.database
@@ -147,7 +135,7 @@ async def _hung(
         # connection is thrown away. Each step is bounded; the hang lasts longer than all four.
         bound = db.pool_timeout + db.connect_timeout + 2 * (db.command_timeout or 0.0) + SLACK
         hang = bound + 0.5
-        async with Service(framework, settings, monitor, schema=schema) as svc:
+        async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
             ids = await svc.seed_users(20)
             async with Load(_mixed(svc, ids), concurrency=10) as load:
                 await anyio.sleep(0.5)
@@ -155,12 +143,12 @@ async def _hung(
                 if how == "blackhole":
                     proxy.blackhole()
                 else:
-                    await asyncio.to_thread(pg.pause)
+                    await asyncio.to_thread(env.pg.pause)
                 await anyio.sleep(hang)
                 if how == "blackhole":
                     proxy.restore()
                 else:
-                    await asyncio.to_thread(pg.resume)
+                    await asyncio.to_thread(env.pg.resume)
                 lifted = time.monotonic()
                 await wait_for(lambda: svc.core.db.breaker.state is BreakerState.CLOSED, 10)
                 await anyio.sleep(1.5)
@@ -181,23 +169,15 @@ async def _hung(
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_fault_postgres_blackholed(
     framework: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """A server that stops answering (traffic blackholed): requests fail within the configured
     timeouts instead of hanging, and the app recovers when traffic flows again."""
-    record(await _hung(framework, private_pg, private_redis, monitor, schema, how="blackhole"))
+    env.record(await _hung(framework, env, how="blackhole"))
 
 
 async def test_fault_postgres_sigstopped(
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """The same with the server frozen (SIGSTOP), on one framework."""
-    record(await _hung(FRAMEWORKS[0], private_pg, private_redis, monitor, schema, how="sigstop"))
+    env.record(await _hung(FRAMEWORKS[0], env, how="sigstop"))

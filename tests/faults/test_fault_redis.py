@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from core.embedded import EmbeddedRedis
 from core.resilience import BreakerState
 from tests.conftest import FRAMEWORKS
 from tests.faults.harness import (
     SLACK,
+    FaultEnv,
     Figures,
     Load,
-    PgMonitor,
     Service,
     fault_settings,
     summarise,
@@ -44,10 +43,7 @@ async def _kill_clients(rds: EmbeddedRedis, stop: float) -> int:
 
 async def _redis_outage(
     framework: str,
-    pg: EmbeddedPostgres,
-    rds: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
+    env: FaultEnv,
     *,
     how: str,
     concurrency: int,
@@ -55,8 +51,8 @@ async def _redis_outage(
     users: int,
     label: str = "",
 ) -> Figures:
-    settings = fault_settings(pg.url, rds.url, schema=schema)
-    async with Service(framework, settings, monitor, schema=schema) as svc:
+    settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
+    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
         ids = await svc.seed_users(users)
         for uid in ids:  # warm the cache
             assert (await svc.http.get(f"/users/{uid}/cached")).status_code == 200
@@ -81,17 +77,17 @@ async def _redis_outage(
             started = time.monotonic()
             killed = 0
             if how == "restart":
-                await asyncio.to_thread(rds.stop)
+                await asyncio.to_thread(env.redis.stop)
                 await watch(started + outage)
-                await asyncio.to_thread(rds.start)
+                await asyncio.to_thread(env.redis.start)
             elif how == "pause":
-                await asyncio.to_thread(rds.pause)
+                await asyncio.to_thread(env.redis.pause)
                 await watch(started + outage)
-                await asyncio.to_thread(rds.resume)
+                await asyncio.to_thread(env.redis.resume)
             else:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(watch, started + outage)
-                    killed = await _kill_clients(rds, started + outage)
+                    killed = await _kill_clients(env.redis, started + outage)
             lifted = time.monotonic()
             await wait_for(lambda: breaker.state is BreakerState.CLOSED, timeout=10)
             closed = time.monotonic() - lifted
@@ -122,20 +118,13 @@ async def _redis_outage(
 
 
 async def test_fault_redis_restart_quick(
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Redis stopped and started again under a little load (the fast subset)."""
-    record(
+    env.record(
         await _redis_outage(
             FRAMEWORKS[0],
-            private_pg,
-            private_redis,
-            monitor,
-            schema,
+            env,
             how="restart",
             concurrency=4,
             outage=1.0,
@@ -153,20 +142,13 @@ async def test_fault_redis_restart_quick(
 async def test_fault_redis_outage(
     framework: str,
     how: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Redis restarted, frozen (SIGSTOP) or its clients killed, under load."""
-    record(
+    env.record(
         await _redis_outage(
             framework,
-            private_pg,
-            private_redis,
-            monitor,
-            schema,
+            env,
             how=how,
             concurrency=10,
             outage=2.0,

@@ -6,22 +6,20 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
 
 import anyio
 import pytest
 
 from core.database import DatabaseManager
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core.lifespan import DependencyUnavailable, Lifespan
 from core.redis_client import RedisManager
 from tests.conftest import FRAMEWORKS
 from tests.faultproxy import FaultProxy
 from tests.faults.harness import (
     SLACK,
+    FaultEnv,
     Figures,
     Load,
-    PgMonitor,
     Service,
     fault_settings,
     summarise,
@@ -35,20 +33,16 @@ PG_CONNECTIONS_PER_ATTEMPT = 2
 
 
 async def test_fault_retries_dead_postgres_at_startup(
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Start-up against a database that resets every connection gives up after
     `startup_timeout`, having tried a bounded number of times."""
-    async with FaultProxy("127.0.0.1", private_pg.port) as proxy:
+    async with FaultProxy("127.0.0.1", env.pg.port) as proxy:
         proxy.cut()
         settings = fault_settings(
-            proxy.url_for(private_pg.url),
-            private_redis.url,
-            schema=schema,
+            proxy.url_for(env.pg.url),
+            env.redis.url,
+            schema=env.schema,
             app={"startup_timeout": 2.0},
         )
         core = Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings)
@@ -65,8 +59,8 @@ async def test_fault_retries_dead_postgres_at_startup(
     assert 1 < attempts <= 25
     assert proxy.accepted <= attempts * PG_CONNECTIONS_PER_ATTEMPT
     assert elapsed <= settings.app.startup_timeout + SLACK
-    left = await monitor.connections(settings.app.name)
-    record(
+    left = await env.monitor.connections(settings.app.name)
+    env.record(
         Figures(
             scenario="retries: pg dead at start-up",
             sent=1,
@@ -90,19 +84,15 @@ def _attempt_bound(concurrency: int, window: float, settings_reset: float, thres
 
 
 async def test_fault_retries_dead_postgres_under_load(
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Every connection to the database reset while requests keep coming: they get 503 at
     once, and the breaker keeps the connection attempts to a trickle."""
     framework = FRAMEWORKS[0]
     window, concurrency = 3.0, 10
-    async with FaultProxy("127.0.0.1", private_pg.port) as proxy:
-        settings = fault_settings(proxy.url_for(private_pg.url), private_redis.url, schema=schema)
-        async with Service(framework, settings, monitor, schema=schema) as svc:
+    async with FaultProxy("127.0.0.1", env.pg.port) as proxy:
+        settings = fault_settings(proxy.url_for(env.pg.url), env.redis.url, schema=env.schema)
+        async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
             ids = await svc.seed_users(10)
             proxy.cut()
             before = proxy.accepted
@@ -119,7 +109,7 @@ async def test_fault_retries_dead_postgres_under_load(
         concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
     )
     assert attempts <= bound, (attempts, bound)
-    record(
+    env.record(
         summarise(
             f"retries: pg dead under load [{framework}]",
             samples,
@@ -132,19 +122,15 @@ async def test_fault_retries_dead_postgres_under_load(
 
 
 async def test_fault_retries_dead_redis_under_load(
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """Every connection to Redis reset while cached lookups keep coming: they succeed from the
     database, and the Redis breaker keeps the connection attempts to a trickle."""
     framework = FRAMEWORKS[0]
     window, concurrency = 3.0, 10
-    async with FaultProxy("127.0.0.1", private_redis.port) as proxy:
-        settings = fault_settings(private_pg.url, proxy.url_for(private_redis.url), schema=schema)
-        async with Service(framework, settings, monitor, schema=schema) as svc:
+    async with FaultProxy("127.0.0.1", env.redis.port) as proxy:
+        settings = fault_settings(env.pg.url, proxy.url_for(env.redis.url), schema=env.schema)
+        async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
             ids = await svc.seed_users(10)
             proxy.cut()
             before = proxy.accepted
@@ -163,7 +149,7 @@ async def test_fault_retries_dead_redis_under_load(
         concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
     )
     assert attempts <= bound, (attempts, bound)
-    record(
+    env.record(
         summarise(
             f"retries: redis dead under load [{framework}]",
             samples,

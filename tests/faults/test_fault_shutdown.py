@@ -7,7 +7,6 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import Callable
 
 import anyio
 import httpx
@@ -15,15 +14,13 @@ import pytest
 import uvicorn
 
 from core.database import DatabaseManager
-from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core.lifespan import Lifespan
 from core.redis_client import RedisManager
 from tests.conftest import FRAMEWORKS
 from tests.faults.harness import (
     SLACK,
-    Figures,
+    FaultEnv,
     Load,
-    PgMonitor,
     Service,
     fault_settings,
     summarise,
@@ -46,11 +43,7 @@ async def _create_tables(core: Lifespan) -> None:
 @pytest.mark.parametrize("mode", ["graceful", "forced"])
 async def test_fault_shutdown_with_requests_in_flight(
     mode: str,
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """The server is told to stop while slow queries, reads and writes are running. Graceful:
     they finish within the grace period. Forced: the grace period is shorter than the slow
@@ -59,7 +52,7 @@ async def test_fault_shutdown_with_requests_in_flight(
     framework = FRAMEWORKS[0]
     slow = 1.0
     grace = 5.0 if mode == "graceful" else 0.3
-    settings = fault_settings(private_pg.url, private_redis.url, schema=schema)
+    settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
     name = settings.app.name
     core = Lifespan(
         DatabaseManager(settings),
@@ -67,7 +60,7 @@ async def test_fault_shutdown_with_requests_in_flight(
         settings=settings,
         on_startup=[_create_tables],
     )
-    await monitor.execute(f'CREATE SCHEMA "{schema}"')
+    await env.monitor.execute(f'CREATE SCHEMA "{env.schema}"')
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -103,7 +96,7 @@ async def test_fault_shutdown_with_requests_in_flight(
 
             async with Load(request, concurrency=12, pause=0.01) as load:
                 await anyio.sleep(0.6)
-                in_flight = await monitor.connections(name, "active")
+                in_flight = await env.monitor.connections(name, "active")
                 started = time.monotonic()
                 server.should_exit = True
                 load.halt()  # what is in flight now is what the shutdown has to deal with
@@ -116,12 +109,12 @@ async def test_fault_shutdown_with_requests_in_flight(
         listener.close()
     # The pools were closed by the lifespan, and nothing rebuilt them afterwards.
     assert core.db._engine is None and core.db._read_engine is None
-    left = await monitor.wait_connections(name)
+    left = await env.monitor.wait_connections(name)
     created = [s.body["id"] for s in samples if s.status == 201]
-    stored = await monitor.fetchval(
-        f'SELECT count(*) FROM "{schema}".users WHERE id::text = ANY($1)', created
+    stored = await env.monitor.fetchval(
+        f'SELECT count(*) FROM "{env.schema}".users WHERE id::text = ANY($1)', created
     )
-    await monitor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    await env.monitor.execute(f'DROP SCHEMA "{env.schema}" CASCADE')
     assert stored == len(created), "a write answered 201 is missing"
     assert in_flight > 0
     # Requests still running when the grace period ends are cancelled by uvicorn, which answers
@@ -131,7 +124,7 @@ async def test_fault_shutdown_with_requests_in_flight(
         for s in samples
         if mode == "forced" and s.status == 500 and s.body is None and s.ended >= started + grace
     ]
-    record(
+    env.record(
         summarise(
             f"shutdown in flight, {mode} [{framework}]",
             [s for s in samples if s not in cut_off],
@@ -150,19 +143,15 @@ async def test_fault_shutdown_with_requests_in_flight(
 
 
 async def test_fault_shutdown_lifespan_exits_under_requests(
-    private_pg: EmbeddedPostgres,
-    private_redis: EmbeddedRedis,
-    monitor: PgMonitor,
-    schema: str,
-    record: Callable[[Figures], None],
+    env: FaultEnv,
 ) -> None:
     """A server that runs the lifespan shutdown without draining requests first: the core's
     close waits (bounded) for the connections still checked out, so the requests in flight
     finish and no connection is left open or unclosed."""
     framework = FRAMEWORKS[0]
     slow = 0.8
-    settings = fault_settings(private_pg.url, private_redis.url, schema=schema)
-    svc = Service(framework, settings, monitor, schema=schema)
+    settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
+    svc = Service(framework, settings, env.monitor, schema=env.schema)
     async with svc:
         ids = await svc.seed_users(10)
 
@@ -186,7 +175,7 @@ async def test_fault_shutdown_lifespan_exits_under_requests(
         created = [s.body["id"] for s in samples if s.status == 201]
         assert len(await svc.existing_ids(created)) == len(created)
     assert checked_out > 0
-    record(
+    env.record(
         summarise(
             f"shutdown in flight, lifespan first [{framework}]",
             samples,

@@ -1074,12 +1074,7 @@ class EmbeddedServers:
     async def __aenter__(self) -> Settings:
         return self.settings
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import socket
 import struct
-from types import TracebackType
 from typing import Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -152,12 +151,7 @@ class FaultProxy:
         self._accept_task = asyncio.create_task(self._accept_loop(listener))
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:

@@ -76,34 +76,29 @@ class Fake:
             raise Boom(f"{self.name} close failed")
 
 
-class RecordingDatabase(DatabaseManager):
-    """A real manager that records its close and can fail after closing."""
+class _Recording:
+    """Mixin for a real manager that records its close and can fail after closing."""
+
+    dependency = ""
 
     def __init__(self, settings: Settings, log: list[str], *, fail_close: bool = False) -> None:
-        super().__init__(settings)
+        super().__init__(settings)  # type: ignore[call-arg]
         self.calls = log
         self.fail_close = fail_close
 
     async def close(self) -> None:
-        self.calls.append("close PostgreSQL")
-        await super().close()
+        self.calls.append(f"close {self.dependency}")
+        await super().close()  # type: ignore[misc]
         if self.fail_close:
-            raise Boom("PostgreSQL close failed")
+            raise Boom(f"{self.dependency} close failed")
 
 
-class RecordingRedis(RedisManager):
-    """A real manager that records its close and can fail after closing."""
+class RecordingDatabase(_Recording, DatabaseManager):
+    dependency = "PostgreSQL"
 
-    def __init__(self, settings: Settings, log: list[str], *, fail_close: bool = False) -> None:
-        super().__init__(settings)
-        self.calls = log
-        self.fail_close = fail_close
 
-    async def close(self) -> None:
-        self.calls.append("close Redis")
-        await super().close()
-        if self.fail_close:
-            raise Boom("Redis close failed")
+class RecordingRedis(_Recording, RedisManager):
+    dependency = "Redis"
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -8,10 +8,11 @@ from functools import lru_cache
 from time import perf_counter
 from urllib.parse import unquote_plus
 
-from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .asgi_types import ASGIApp, Receive, Scope, Send
 from .formatting import FIELDS_ATTR, LogFormat, json_string, logfmt_value, renderer
 from .labels import route_label
 from .request_id import get_request_id
+from .response import ResponseWatch
 
 __all__ = ["ACCESS_LOGGER", "SENSITIVE_KEY", "AccessLogMiddleware", "AccessLogger", "mask_query"]
 
@@ -149,22 +150,10 @@ class AccessLogMiddleware:
         # Read before the app runs: routers may rewrite the path in the shared scope.
         path = scope["path"]
         query = scope.get("query_string", b"")
-        status = 0
-        end = 0.0
+        watch = ResponseWatch(send)
         start = perf_counter()
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, end
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                end = perf_counter()
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, watch)
         finally:
-            if not end:
-                status, end = 500, perf_counter()
+            status, end = watch.finish()
             self.access.emit(scope, route_label(scope, status), path, query, status, end - start)

@@ -18,9 +18,10 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..cache.hooks import CacheEvent
-from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .asgi_types import ASGIApp, Receive, Scope, Send
 from .collectors import BreakerCollector, BreakerLike, PoolCollector
 from .labels import method_label, route_label
+from .response import ResponseWatch
 
 __all__ = [
     "CACHE_EVENTS",
@@ -242,25 +243,13 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 0
-        end = 0.0
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, end
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                end = perf_counter()
-            await send(message)
-
+        watch = ResponseWatch(send)
         recorder = self.recorder
         recorder.in_progress.inc()
         start = perf_counter()
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, watch)
         finally:
             recorder.in_progress.dec()
-            if not end:
-                status, end = 500, perf_counter()
+            status, end = watch.finish()
             recorder.record(scope["method"], route_label(scope, status), status, end - start)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.testing.servers import testing_server_url
 
 
 def _frameworks() -> list[str]:
@@ -41,17 +41,6 @@ collect_ignore_glob = [f"test_*{f}*.py" for f in ("fastapi", "litestar") if f no
 if not FRAMEWORKS:
     collect_ignore_glob += ["test_scenarios*.py", "test_observability.py", "test_readme*.py"]
 
-LOCAL_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
@@ -59,31 +48,17 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """URL of a real PostgreSQL server for this test run."""
-    if url := os.environ.get("DUALCORE_TEST_DATABASE_URL"):
+    with testing_server_url("postgres") as url:
         yield url
-    elif _reachable("127.0.0.1", 5432):
-        yield LOCAL_PG
-    else:
-        from core.embedded import EmbeddedPostgres
-
-        with EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg"))) as pg:
-            yield pg.url
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     """URL of a real Redis server for this test run."""
-    if url := os.environ.get("DUALCORE_TEST_REDIS_URL"):
+    with testing_server_url("redis") as url:
         yield url
-    elif _reachable("127.0.0.1", 6379):
-        yield LOCAL_REDIS
-    else:
-        from core.embedded import EmbeddedRedis
-
-        with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis"))) as server:
-            yield server.url
 
 
 @pytest.fixture

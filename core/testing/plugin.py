@@ -23,12 +23,8 @@ ini options (pytest.ini / pyproject `[tool.pytest.ini_options]`):
 
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +44,7 @@ from core.testing.database import (
     drop_database,
     savepoint_session,
 )
-
-LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+from core.testing.servers import testing_server_url
 
 SettingsOverride = Callable[..., Settings]
 
@@ -82,22 +76,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _server_dir(kind: str) -> Iterator[Path]:
-    # Not under pytest's basetemp: every pytest session that starts makes that tree private
-    # (0700), and an embedded server running as its own account must be able to reach it.
-    with tempfile.TemporaryDirectory(prefix=f"dualcore-{kind}-", ignore_cleanup_errors=True) as d:
-        yield Path(d) / "data"
-
-
 def override_settings(base: Settings, **groups: dict[str, Any]) -> Settings:
     """A validated copy of `base` with some fields of some groups changed:
     `override_settings(s, cache={"enabled": False}, app={"debug": True})`."""
@@ -124,30 +102,16 @@ def anyio_backend() -> str:
 def dualcore_database_url() -> Iterator[str]:
     """The PostgreSQL server for the run: DUALCORE_TEST_DATABASE_URL, else the local server's
     `test` database when 127.0.0.1:5432 answers, else an embedded server."""
-    if url := os.environ.get("DUALCORE_TEST_DATABASE_URL"):
+    with testing_server_url("postgres") as url:
         yield url
-    elif _reachable("127.0.0.1", 5432):
-        yield LOCAL_DATABASE_URL
-    else:
-        from core.embedded import EmbeddedPostgres
-
-        with _server_dir("pg") as data, EmbeddedPostgres(data) as server:
-            yield server.url
 
 
 @pytest.fixture(scope="session")
 def dualcore_redis_url() -> Iterator[str]:
     """The Redis server for the run: DUALCORE_TEST_REDIS_URL, else 127.0.0.1:6379 when it
     answers, else an embedded server."""
-    if url := os.environ.get("DUALCORE_TEST_REDIS_URL"):
+    with testing_server_url("redis") as url:
         yield url
-    elif _reachable("127.0.0.1", 6379):
-        yield LOCAL_REDIS_URL
-    else:
-        from core.embedded import EmbeddedRedis
-
-        with _server_dir("redis") as data, EmbeddedRedis(data) as server:
-            yield server.url
 
 
 @pytest.fixture(scope="session")

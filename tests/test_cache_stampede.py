@@ -266,7 +266,9 @@ def _process_main(url: str, prefix: str, counter: str, barrier: Any) -> None:
 
 async def _process_calls(url: str, prefix: str, counter: str, barrier: Any) -> None:
     client = aioredis.Redis.from_url(url)
-    cache = make(client, prefix)
+    # A generous operation timeout: on a loaded machine a 0.25 s Redis call can time out, and the
+    # cache then (correctly) fails open and loads on its own. This test is about the lock.
+    cache = make(client, prefix, operation_timeout=10.0)
 
     async def load() -> str:
         await client.incr(counter)
@@ -282,6 +284,8 @@ async def _process_calls(url: str, prefix: str, counter: str, barrier: Any) -> N
         )
         if results != ["shared"] * CALLS_PER_PROCESS:
             raise SystemExit(f"unexpected results {results!r}")
+        if cache.stats.errors or cache.stats.lock_timeouts:
+            raise SystemExit(f"Redis errors or lock timeouts, not a lock test: {cache.stats!r}")
     finally:
         await cache.aclose()
         await client.aclose()

@@ -393,6 +393,8 @@ def test_multiprocess_exposition_aggregates_workers(tmp_path: Any) -> None:
         from core.observability import Metrics, metrics_response
         m = Metrics()
         m.on_retry("job")
+        m.http.started()
+        m.http.finished("GET", "/job", 200, 0.2)
         if sys.argv[1] == "scrape":
             print(metrics_response(m)[0].decode())
         """
@@ -407,13 +409,17 @@ def test_multiprocess_exposition_aggregates_workers(tmp_path: Any) -> None:
         capture_output=True,
         text=True,
     ).stdout
-    values = {
-        s.name: s.value
-        for f in text_string_to_metric_families(out)
-        for s in f.samples
-        if s.labels.get("operation") == "job"
-    }
+    samples = [s for f in text_string_to_metric_families(out) for s in f.samples]
+    values = {s.name: s.value for s in samples if s.labels.get("operation") == "job"}
     assert values["retries_total"] == 2.0  # one from each process
+    http = {
+        s.name: s.value
+        for s in samples
+        if s.labels.get("route") == "/job" and s.labels.get("le") in (None, "0.25")
+    }
+    assert http["http_requests_total"] == 2.0
+    assert http["http_request_duration_seconds_bucket"] == 2.0
+    assert http["http_request_duration_seconds_sum"] == pytest.approx(0.4)
 
 
 # --- stack composition ----------------------------------------------------------------------

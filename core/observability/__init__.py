@@ -6,11 +6,11 @@ gives the stack in order, `metrics_response(metrics)` the body of a `/metrics` r
 
 from .access_log import ACCESS_LOGGER, AccessLogger, AccessLogMiddleware, mask_query
 from .formatting import StructuredFormatter, render_json, render_logfmt
+from .http_metrics import HttpStats
 from .labels import UNMATCHED
 from .metrics import (
     CACHE_EVENTS,
     CacheMetrics,
-    HttpRecorder,
     Metrics,
     MetricsMiddleware,
     metrics_response,
@@ -39,7 +39,7 @@ __all__ = [
     "AccessLogMiddleware",
     "AccessLogger",
     "CacheMetrics",
-    "HttpRecorder",
+    "HttpStats",
     "Metrics",
     "MetricsMiddleware",
     "ObservabilityMiddleware",

@@ -11,7 +11,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
@@ -20,14 +19,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ..cache.hooks import CacheEvent
 from .asgi_types import ASGIApp, Receive, Scope, Send
 from .collectors import BreakerCollector, BreakerLike, PoolCollector
-from .labels import method_label, route_label
+from .http_metrics import HttpMetrics, HttpStats, SharedHttpStats
+from .labels import route_label
 from .response import ResponseWatch
 
 __all__ = [
     "CACHE_EVENTS",
     "DEFAULT_BUCKETS",
     "CacheMetrics",
-    "HttpRecorder",
     "Metrics",
     "MetricsMiddleware",
     "metrics_response",
@@ -67,28 +66,15 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
-        self.http_requests = Counter(
-            "http_requests_total",
-            "HTTP requests by method, route template and status.",
-            ["method", "route", "status"],
-            namespace=namespace,
-            registry=reg,
-        )
-        self.http_duration = Histogram(
-            "http_request_duration_seconds",
-            "HTTP request duration until the last body chunk, by method and route template.",
-            ["method", "route"],
-            namespace=namespace,
-            registry=reg,
-            buckets=buckets,
-        )
-        self.http_in_progress = Gauge(
-            "http_requests_in_progress",
-            "HTTP requests being handled.",
-            namespace=namespace,
-            registry=reg,
-            multiprocess_mode="livesum",
-        )
+        prefix = f"{namespace}_" if namespace else ""
+        self.http: HttpMetrics
+        """HTTP request count, duration and in-progress; in this process unless multiprocess."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.http = SharedHttpStats(reg, namespace, buckets)
+        else:
+            stats = HttpStats(prefix, buckets)
+            reg.register(stats)
+            self.http = stats
         self.cache_events = Counter(
             "cache_events",
             "Cache events (hits, misses, errors, decode_failures, loader_calls, ...) by cache.",
@@ -111,7 +97,6 @@ class Metrics:
             namespace=namespace,
             registry=reg,
         )
-        prefix = f"{namespace}_" if namespace else ""
         self.pools = PoolCollector(prefix)
         self.breakers = BreakerCollector(prefix)
         reg.register(self.pools)
@@ -191,40 +176,6 @@ def metrics_response(metrics: Metrics) -> tuple[bytes, str]:
     return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
 
 
-_Recorder = tuple[Callable[[], None], Callable[[float], None]]
-
-
-class HttpRecorder:
-    """Records finished HTTP requests; shared by `MetricsMiddleware` and the full stack."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.in_progress = metrics.http_in_progress
-        # Label children are created once per (method, route, status); all three are bounded.
-        self._recorders: dict[tuple[str, str, int], _Recorder] = {}
-
-    def record(self, method: str, route: str, status: int, duration: float) -> None:
-        """Count one request and observe its duration (`route` from `route_label`)."""
-        key = (method_label(method), route, status)
-        recorder = self._recorders.get(key)
-        if recorder is None:
-            recorder = self._recorder(key)
-        inc, observe = recorder
-        inc()
-        observe(duration)
-
-    def _recorder(self, key: tuple[str, str, int]) -> _Recorder:
-        method, route, status = key
-        m = self.metrics
-        recorder = (
-            m.http_requests.labels(method, route, str(status)).inc,
-            m.http_duration.labels(method, route).observe,
-        )
-        if len(self._recorders) < 10_000:  # defensive: labels are bounded anyway
-            self._recorders[key] = recorder
-        return recorder
-
-
 class MetricsMiddleware:
     """Pure ASGI middleware counting and timing HTTP requests.
 
@@ -236,7 +187,6 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics | None = None) -> None:
         self.app = app
         self.metrics = metrics if metrics is not None else Metrics()
-        self.recorder = HttpRecorder(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; non-HTTP scopes pass straight through."""
@@ -244,12 +194,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         watch = ResponseWatch(send)
-        recorder = self.recorder
-        recorder.in_progress.inc()
+        http = self.metrics.http
+        http.started()
         start = perf_counter()
         try:
             await self.app(scope, receive, watch)
         finally:
-            recorder.in_progress.dec()
             status, end = watch.finish()
-            recorder.record(scope["method"], route_label(scope, status), status, end - start)
+            http.finished(scope["method"], route_label(scope, status), status, end - start)

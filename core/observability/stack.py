@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..config import ObservabilitySettings
 from .access_log import AccessLogger, AccessLogMiddleware
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from .http_metrics import HttpMetrics
 from .labels import route_label
-from .metrics import HttpRecorder, Metrics, MetricsMiddleware
+from .metrics import Metrics, MetricsMiddleware
 from .request_id import RequestIdMiddleware, RequestIdPolicy, reset_request_id, set_request_id
 from .slow_query import install_slow_query_log
 from .tracing import TracingMiddleware, tracing_available
@@ -88,12 +89,12 @@ class ObservabilityMiddleware:
         self._fused = all(cls in known for cls, _ in specs)
         self._policy = RequestIdPolicy(settings.request_id_header)
         self._access: AccessLogger | None = None
-        self._recorder: HttpRecorder | None = None
+        self._http: HttpMetrics | None = None
         for cls, kwargs in specs:
             if cls is AccessLogMiddleware:
                 self._access = AccessLogger(**kwargs)
             elif cls is MetricsMiddleware:
-                self._recorder = HttpRecorder(kwargs["metrics"])
+                self._http = kwargs["metrics"].http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run an HTTP request through the stack; other scopes reach `app` untouched."""
@@ -109,7 +110,7 @@ class ObservabilityMiddleware:
         access = self._access
         if access is not None and not access.enabled():
             access = None
-        recorder = self._recorder
+        http = self._http
         # Read before the app runs: routers may rewrite the path in the shared scope.
         path = scope["path"]
         query = scope.get("query_string", b"")
@@ -130,20 +131,18 @@ class ObservabilityMiddleware:
 
         token = set_request_id(request_id)
         try:
-            if recorder is not None:
-                recorder.in_progress.inc()
+            if http is not None:
+                http.started()
             start = perf_counter()
             try:
                 await self.app(scope, receive, send_observed)
             finally:
                 if not end:
                     status, end = 500, perf_counter()
-                if recorder is not None:
-                    recorder.in_progress.dec()
-                if recorder is not None or access is not None:
+                if http is not None or access is not None:
                     route = route_label(scope, status)
-                    if recorder is not None:
-                        recorder.record(scope["method"], route, status, end - start)
+                    if http is not None:
+                        http.finished(scope["method"], route, status, end - start)
                     if access is not None:
                         access.emit(scope, route, path, query, status, end - start)
         except Exception:

@@ -7,6 +7,7 @@ data of anything else on the servers.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -201,3 +202,11 @@ def machine() -> str:
         f"{platform.node()} · {cpu} · {os.cpu_count()} cores · {platform.system()} "
         f"{platform.release()} · Python {platform.python_version()} · {load}"
     )
+
+
+def quiet_access_log() -> None:
+    """Access log on at INFO, written to /dev/null: its cost is real, its output is not wanted."""
+    logger = logging.getLogger("dualcore.access")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]  # noqa: SIM115

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import os
 
-from _common import Dataset
+from _common import Dataset, quiet_access_log
 from asgi_driver import app_factories, running
 
 CONCURRENCY = 8
@@ -28,14 +27,6 @@ def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def quiet_access_log() -> None:
-    """Access log on at INFO, written to /dev/null: its cost is real, its output is not wanted."""
-    logger = logging.getLogger("dualcore.access")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logger.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]  # noqa: SIM115
 
 
 async def measure(ds: Dataset, framework: str, requests: int) -> tuple[int, int]:

@@ -80,8 +80,8 @@ class Plan:
     middleware_requests: int
 
 
-FULL = Plan(21, 300, 21, 300, 7, 5, 16, 100_000, 9, 600)
-QUICK = Plan(5, 150, 5, 150, 2, 2, 16, 20_000, 3, 300)
+FULL = Plan(21, 300, 21, 300, 7, 5, 16, 100_000, 41, 200)
+QUICK = Plan(5, 150, 5, 150, 2, 2, 16, 20_000, 9, 200)
 
 
 def _say(text: str) -> None:

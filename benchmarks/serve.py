@@ -3,8 +3,7 @@
     python benchmarks/serve.py NAME PORT
 
 NAME is one of `baseline_apps.APPS`. Settings come from the environment, as in production.
-uvicorn's own access log is off for every app alike; dualcore's access log is on at INFO and
-written to /dev/null, so the apps that have it pay for every line, as in production.
+uvicorn's own access log is off for every app alike.
 """
 
 from __future__ import annotations
@@ -12,14 +11,12 @@ from __future__ import annotations
 import sys
 
 import uvicorn
-from _common import quiet_access_log
 from baseline_apps import APPS
 
 
 def main() -> None:
     name, port = sys.argv[1], int(sys.argv[2])
     app = APPS[name]()
-    quiet_access_log()
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -215,3 +215,33 @@ async def test_an_unreachable_cluster_fails_open_and_feeds_the_breaker() -> None
             await plain.delete("k")
     finally:
         await client.aclose()
+
+
+def _closed_transport_error() -> AttributeError:
+    # What CPython 3.12.1 and 3.13.0 raise from writelines() once the peer has closed.
+    return AttributeError(
+        "'NoneType' object has no attribute '_add_writer'", name="_add_writer", obj=None
+    )
+
+
+async def test_the_closed_transport_error_of_some_python_builds_fails_open(
+    redis_client: aioredis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    breaker = CircuitBreaker("redis", failure_threshold=100)
+    cache = Cache(redis_client, prefix=key_prefix, breaker=breaker)
+    load = Counter()
+
+    async def closed(*args: Any, **kwargs: Any) -> Any:
+        raise _closed_transport_error()
+
+    monkeypatch.setattr(redis_client, "execute_command", closed)
+    assert await cache.get_or_set("k", load, 60) == 1
+    assert cache.stats.errors >= 1
+    assert breaker.snapshot().consecutive_failures >= 1
+
+    async def bug(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'Thing' object has no attribute 'x'", name="x", obj=object())
+
+    monkeypatch.setattr(redis_client, "execute_command", bug)
+    with pytest.raises(AttributeError, match="'x'"):
+        await cache.get_or_set("k", load, 60)  # a programming error is not an outage

@@ -331,6 +331,16 @@ async def _fail_soon(op: Callable[..., Awaitable[Any]], *args: Any) -> Exception
     raise AssertionError("the operation kept succeeding")
 
 
+def test_the_closed_transport_error_of_some_python_builds_is_transient() -> None:
+    # CPython 3.12.1 and 3.13.0 raise this from writelines() once the peer has closed.
+    closed = AttributeError(
+        "'NoneType' object has no attribute '_add_writer'", name="_add_writer", obj=None
+    )
+    assert is_transient(closed)
+    assert not is_transient(AttributeError("'Thing' object has no attribute 'x'", name="x"))
+    assert not is_transient(AttributeError("_add_writer", name="_add_writer", obj=object()))
+
+
 @pytest.mark.anyio
 async def test_refused_connections_are_transient(database_url: str) -> None:
     with closed_port() as port, anyio.fail_after(10):

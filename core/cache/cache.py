@@ -34,6 +34,7 @@ from core.cache.hooks import CacheBreaker, CacheEvent, CacheStats, MetricsHook
 from core.cache.keys import Key, KeySpace
 from core.cache.scripts import DELETE, ENSURE_VERSION, RELEASE, STORE_RELEASE
 from core.config import CacheSettings
+from core.resilience.errors import is_closed_transport_error
 
 __all__ = ["Cache"]
 
@@ -245,22 +246,20 @@ class Cache:
         try:
             async with deadline(self._timeout):
                 result = await fn(*args, **kwargs)
-        except _REDIS_ERRORS as exc:
+        except BaseException as exc:
             if _is_wrongtype(exc):
                 if breaker is not None:
                     breaker.record_success()
                 raise
-            self._count("errors")
+            # Cancellation and bugs are settled too, or a half-open breaker would keep waiting
+            # for this probe's outcome.
             if breaker is not None:
                 breaker.record_failure(exc)
+            if not isinstance(exc, _REDIS_ERRORS) and not is_closed_transport_error(exc):
+                raise
+            self._count("errors")
             log.debug("cache: Redis call failed: %r", exc)
             raise CacheUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
-        except BaseException as exc:
-            # Cancellation: settle the admitted call anyway, or a half-open breaker would keep
-            # waiting for this probe's outcome.
-            if breaker is not None:
-                breaker.record_failure(exc)
-            raise
         if breaker is not None:
             breaker.record_success()
         return result

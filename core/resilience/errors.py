@@ -123,10 +123,23 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
+def is_closed_transport_error(exc: BaseException) -> bool:
+    """True for the `AttributeError` CPython 3.12.1 and 3.13.0 raise from `writelines()` on a
+    transport whose peer has closed (`None._add_writer`); other releases raise a connection
+    error there. redis-py passes it through unchanged."""
+    return (
+        isinstance(exc, AttributeError)
+        and exc.name == "_add_writer"
+        and getattr(exc, "obj", False) is None
+    )
+
+
 def _verdict(exc: BaseException) -> bool | None:
     """True/False when this one error decides the question, None to look at what it wraps."""
     if not isinstance(exc, Exception):
         return False  # cancellation, KeyboardInterrupt, SystemExit
+    if is_closed_transport_error(exc):
+        return True
     state = _sqlstate(exc)
     if state is not None:
         return state in TRANSIENT_SQLSTATES

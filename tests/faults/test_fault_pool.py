@@ -77,37 +77,21 @@ async def _pool_exhaustion(
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-async def test_fault_pool_exhaustion_quick(
-    framework: str,
-    env: FaultEnv,
-) -> None:
-    """Excess requests get 503 within the pool timeout, and the app recovers (small)."""
-    env.record(
-        await _pool_exhaustion(
-            framework,
-            env,
-            concurrency=6,
-            hold=0.8,
-            after=0.3,
-            label=" (quick)",
-        )
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize(
+    ("concurrency", "hold", "after", "label"),
+    [
+        pytest.param(6, 0.8, 0.3, " (quick)", id="quick"),
+        pytest.param(30, 2.0, 1.0, "", id="full", marks=pytest.mark.slow),
+    ],
+)
 async def test_fault_pool_exhaustion(
-    framework: str,
-    env: FaultEnv,
+    framework: str, env: FaultEnv, concurrency: int, hold: float, after: float, label: str
 ) -> None:
-    """Excess requests get 503 within the pool timeout, and the app recovers."""
+    """Excess requests get 503 within the pool timeout, and the app recovers; the quick case
+    runs in every test session, the full one in the fault suite."""
     env.record(
         await _pool_exhaustion(
-            framework,
-            env,
-            concurrency=30,
-            hold=2.0,
-            after=1.0,
+            framework, env, concurrency=concurrency, hold=hold, after=after, label=label
         )
     )
 

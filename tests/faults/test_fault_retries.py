@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 
 import anyio
 import pytest
 
+from core.config import Settings
 from core.database import DatabaseManager
 from core.lifespan import DependencyUnavailable, Lifespan
 from core.redis_client import RedisManager
@@ -20,6 +22,7 @@ from tests.faults.harness import (
     FaultEnv,
     Figures,
     Load,
+    Sample,
     Service,
     fault_settings,
     summarise,
@@ -83,40 +86,63 @@ def _attempt_bound(concurrency: int, window: float, settings_reset: float, thres
     return concurrency + threshold + math.ceil(window / settings_reset) + 1
 
 
-async def test_fault_retries_dead_postgres_under_load(
-    env: FaultEnv,
-) -> None:
-    """Every connection to the database reset while requests keep coming: they get 503 at
-    once, and the breaker keeps the connection attempts to a trickle."""
-    framework = FRAMEWORKS[0]
+@dataclass
+class _DeadUnderLoad:
+    settings: Settings
+    svc: Service
+    samples: list[Sample]
+    attempts: int
+    """Connections the proxy accepted while the dependency was cut."""
+    started: float
+    admitted: int
+    """Calls the breaker may let through in the window (see `_attempt_bound`)."""
+
+
+async def _dead_under_load(env: FaultEnv, dependency: str, path: str) -> _DeadUnderLoad:
+    """Cut every connection to `dependency` ("pg" or "redis") for a window while ten workers
+    request `path` (`{id}` is a seeded user)."""
     window, concurrency = 3.0, 10
-    async with FaultProxy("127.0.0.1", env.pg.port) as proxy:
-        settings = fault_settings(proxy.url_for(env.pg.url), env.redis.url, schema=env.schema)
-        async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
+    server = env.pg if dependency == "pg" else env.redis
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        pg_url = proxy.url_for(env.pg.url) if dependency == "pg" else env.pg.url
+        redis_url = proxy.url_for(env.redis.url) if dependency == "redis" else env.redis.url
+        settings = fault_settings(pg_url, redis_url, schema=env.schema)
+        async with Service(FRAMEWORKS[0], settings, env.monitor, schema=env.schema) as svc:
             ids = await svc.seed_users(10)
             proxy.cut()
             before = proxy.accepted
             started = time.monotonic()
             async with Load(
-                lambda n: svc.http.get(f"/users/{ids[n % len(ids)]}"), concurrency
+                lambda n: svc.http.get(path.format(id=ids[n % len(ids)])), concurrency
             ) as load:
                 await anyio.sleep(window)
                 samples = await load.stop()
             attempts = proxy.accepted - before
             proxy.restore()
     res = settings.resilience
-    bound = PG_CONNECTIONS_PER_ATTEMPT * _attempt_bound(
+    admitted = _attempt_bound(
         concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
     )
+    return _DeadUnderLoad(settings, svc, samples, attempts, started, admitted)
+
+
+async def test_fault_retries_dead_postgres_under_load(
+    env: FaultEnv,
+) -> None:
+    """Every connection to the database reset while requests keep coming: they get 503 at
+    once, and the breaker keeps the connection attempts to a trickle."""
+    run = await _dead_under_load(env, "pg", "/users/{id}")
+    settings, attempts = run.settings, run.attempts
+    bound = PG_CONNECTIONS_PER_ATTEMPT * run.admitted
     assert attempts <= bound, (attempts, bound)
     env.record(
         summarise(
-            f"retries: pg dead under load [{framework}]",
-            samples,
+            f"retries: pg dead under load [{FRAMEWORKS[0]}]",
+            run.samples,
             bound=settings.database.connect_timeout + SLACK,
-            leaked=svc.leaked,
-            fault_started=started,
-            note=f"{attempts} connection attempts for {len(samples)} requests (bound {bound})",
+            leaked=run.svc.leaked,
+            fault_started=run.started,
+            note=f"{attempts} connection attempts for {len(run.samples)} requests (bound {bound})",
         )
     )
 
@@ -126,37 +152,19 @@ async def test_fault_retries_dead_redis_under_load(
 ) -> None:
     """Every connection to Redis reset while cached lookups keep coming: they succeed from the
     database, and the Redis breaker keeps the connection attempts to a trickle."""
-    framework = FRAMEWORKS[0]
-    window, concurrency = 3.0, 10
-    async with FaultProxy("127.0.0.1", env.redis.port) as proxy:
-        settings = fault_settings(env.pg.url, proxy.url_for(env.redis.url), schema=env.schema)
-        async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
-            ids = await svc.seed_users(10)
-            proxy.cut()
-            before = proxy.accepted
-            started = time.monotonic()
-            async with Load(
-                lambda n: svc.http.get(f"/users/{ids[n % len(ids)]}/cached"), concurrency
-            ) as load:
-                await anyio.sleep(window)
-                samples = await load.stop()
-            attempts = proxy.accepted - before
-            proxy.restore()
-    res = settings.resilience
+    run = await _dead_under_load(env, "redis", "/users/{id}/cached")
+    settings, attempts = run.settings, run.attempts
     # redis-py retries each command `retry_attempts` times on a fresh connection.
-    per_call = settings.redis.retry_attempts + 1
-    bound = per_call * _attempt_bound(
-        concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
-    )
+    bound = (settings.redis.retry_attempts + 1) * run.admitted
     assert attempts <= bound, (attempts, bound)
     env.record(
         summarise(
-            f"retries: redis dead under load [{framework}]",
-            samples,
+            f"retries: redis dead under load [{FRAMEWORKS[0]}]",
+            run.samples,
             bound=2 * settings.cache.operation_timeout + SLACK,
-            leaked=svc.leaked,
-            fault_started=started,
+            leaked=run.svc.leaked,
+            fault_started=run.started,
             expected_status=(),
-            note=f"{attempts} connection attempts for {len(samples)} requests (bound {bound})",
+            note=f"{attempts} connection attempts for {len(run.samples)} requests (bound {bound})",
         )
     )

@@ -163,16 +163,23 @@ async def _redis_clients(observer: aioredis.Redis, app_name: str) -> int:
     return sum(1 for c in await observer.client_list() if c.get("name") == app_name)
 
 
-async def _assert_all_closed(probe: AsyncEngine, observer: aioredis.Redis, app_name: str) -> None:
-    """Wait until the servers no longer see any connection of ours."""
+AllClosed = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+def all_closed(probe: AsyncEngine, redis_client: aioredis.Redis, app_name: str) -> AllClosed:
+    """Waits until the servers no longer see any connection of ours."""
 
     async def closed() -> bool:
         return (
             await _pg_backends(probe, app_name) == 0
-            and await _redis_clients(observer, app_name) == 0
+            and await _redis_clients(redis_client, app_name) == 0
         )
 
-    await _until(closed)
+    async def wait() -> None:
+        await _until(closed)
+
+    return wait
 
 
 # --- start-up -------------------------------------------------------------------------------------
@@ -181,9 +188,7 @@ async def _assert_all_closed(probe: AsyncEngine, observer: aioredis.Redis, app_n
 @pytest.mark.parametrize("dependency", ["PostgreSQL", "Redis"])
 async def test_unreachable_dependency_fails_within_bound_naming_it(
     make_settings: Callable[..., Settings],
-    probe: AsyncEngine,
-    redis_client: aioredis.Redis,
-    app_name: str,
+    all_closed: AllClosed,
     caplog: pytest.LogCaptureFixture,
     dependency: str,
 ) -> None:
@@ -214,7 +219,7 @@ async def test_unreachable_dependency_fails_within_bound_naming_it(
     assert CANARY not in info.value.url
     assert CANARY not in caplog.text
     # The dependency that did start was closed again.
-    await _assert_all_closed(probe, redis_client, app_name)
+    await all_closed()
 
 
 @pytest.fixture
@@ -273,9 +278,7 @@ async def test_wait_until_ready_retries_transient_failures() -> None:
 
 async def test_failed_start_closes_what_had_started(
     make_settings: Callable[..., Settings],
-    probe: AsyncEngine,
-    redis_client: aioredis.Redis,
-    app_name: str,
+    all_closed: AllClosed,
 ) -> None:
     settings = make_settings()
     calls: list[str] = []
@@ -288,14 +291,12 @@ async def test_failed_start_closes_what_had_started(
             pytest.fail("started although a resource failed")
     assert any(isinstance(e, Boom) for e in _leaves(info.value))
     assert {"close PostgreSQL", "close Redis", "close broken"} <= set(calls)
-    await _assert_all_closed(probe, redis_client, app_name)
+    await all_closed()
 
 
 async def test_failed_startup_hook_closes_everything(
     make_settings: Callable[..., Settings],
-    probe: AsyncEngine,
-    redis_client: aioredis.Redis,
-    app_name: str,
+    all_closed: AllClosed,
 ) -> None:
     settings = make_settings()
     db, redis = DatabaseManager(settings), RedisManager(settings)
@@ -311,7 +312,7 @@ async def test_failed_startup_hook_closes_everything(
     with pytest.raises(Boom, match="hook failed"):
         async with lifespan:
             pytest.fail("started although a start-up hook failed")
-    await _assert_all_closed(probe, redis_client, app_name)
+    await all_closed()
 
 
 # --- shutdown -------------------------------------------------------------------------------------
@@ -320,6 +321,7 @@ async def test_failed_startup_hook_closes_everything(
 @pytest.mark.parametrize("failing", ["PostgreSQL", "Redis", "extra"])
 async def test_shutdown_closes_all_when_one_close_fails(
     make_settings: Callable[..., Settings],
+    all_closed: AllClosed,
     probe: AsyncEngine,
     redis_client: aioredis.Redis,
     app_name: str,
@@ -342,7 +344,7 @@ async def test_shutdown_closes_all_when_one_close_fails(
         "close Redis",
         "close PostgreSQL",
     ]
-    await _assert_all_closed(probe, redis_client, app_name)
+    await all_closed()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert (failing if failing != "extra" else "Extra") in errors[0].getMessage()
@@ -351,9 +353,7 @@ async def test_shutdown_closes_all_when_one_close_fails(
 
 async def test_hung_close_is_bounded_and_others_still_close(
     make_settings: Callable[..., Settings],
-    probe: AsyncEngine,
-    redis_client: aioredis.Redis,
-    app_name: str,
+    all_closed: AllClosed,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = make_settings(shutdown_timeout=0.3)
@@ -367,7 +367,7 @@ async def test_hung_close_is_bounded_and_others_still_close(
     async with lifespan:
         pass
     start = time.perf_counter()
-    await _assert_all_closed(probe, redis_client, app_name)
+    await all_closed()
     assert time.perf_counter() - start < 1.0
     assert any("Stuck" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
 
@@ -377,9 +377,7 @@ async def test_hung_close_is_bounded_and_others_still_close(
 
 async def test_same_object_works_as_lifespan_of_app_and_again(
     make_settings: Callable[..., Settings],
-    probe: AsyncEngine,
-    redis_client: aioredis.Redis,
-    app_name: str,
+    all_closed: AllClosed,
 ) -> None:
     settings = make_settings()
     db, redis = DatabaseManager(settings), RedisManager(settings)
@@ -391,7 +389,7 @@ async def test_same_object_works_as_lifespan_of_app_and_again(
             assert isinstance(await redis.ping(), float)
             async with db.get_session() as session:
                 assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
-        await _assert_all_closed(probe, redis_client, app_name)
+        await all_closed()
 
 
 async def test_startup_is_concurrent(make_settings: Callable[..., Settings]) -> None:
@@ -428,9 +426,7 @@ async def test_health_reports_the_started_dependencies(
 
 async def test_shutdown_completes_when_the_host_task_is_cancelled(
     make_settings: Callable[..., Settings],
-    probe: AsyncEngine,
-    redis_client: aioredis.Redis,
-    app_name: str,
+    all_closed: AllClosed,
 ) -> None:
     settings = make_settings()
     calls: list[str] = []
@@ -450,4 +446,4 @@ async def test_shutdown_completes_when_the_host_task_is_cancelled(
             await running.wait()
             tg.cancel_scope.cancel()
     assert calls == ["close Redis", "close PostgreSQL"]
-    await _assert_all_closed(probe, redis_client, app_name)
+    await all_closed()

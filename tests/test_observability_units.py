@@ -10,7 +10,9 @@ import string
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any
@@ -33,6 +35,7 @@ from core.observability import (
     RequestIdMiddleware,
     StructuredFormatter,
     TracingMiddleware,
+    get_request_id,
     is_valid_request_id,
     mask_query,
     metrics_response,
@@ -68,6 +71,42 @@ def test_generated_ids_are_valid_and_distinct() -> None:
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(is_valid_request_id(i) and len(i) == 32 for i in ids)
+
+
+def test_threads_never_share_a_generated_id() -> None:
+    # Ids come in batches of 256; 8 threads x 2,000 ids cross many refills at once.
+    per_thread = 2000
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_request_id() for _ in range(per_thread)], range(8)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 8 * per_thread
+
+
+def test_forked_child_does_not_repeat_the_parents_ids() -> None:
+    new_request_id()  # the parent now holds a batch of ids it has not handed out
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() in a threaded process
+        pid = os.fork()
+    if pid == 0:  # child: report one id and leave without running any cleanup
+        os.write(write, new_request_id().encode("ascii"))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child_id = pipe.read().decode("ascii")
+    os.waitpid(pid, 0)
+    assert is_valid_request_id(child_id)
+    assert child_id != new_request_id()
+
+
+def test_set_request_id_is_current_until_reset() -> None:
+    assert get_request_id() is None
+    token = set_request_id("job-7")
+    try:
+        assert get_request_id() == "job-7"
+    finally:
+        reset_request_id(token)
+    assert get_request_id() is None
 
 
 async def _id_roundtrip(incoming: bytes | None) -> tuple[list[bytes], str | None]:
@@ -258,12 +297,12 @@ def test_access_line_equals_generic_rendering(
 ) -> None:
     handler = _Keep()
     _ACCESS_TEST.addHandler(handler)
-    token = set_request_id(request_id)
     try:
         scope = {"type": "http", "method": method, "client": client}
-        AccessLogger(_ACCESS_TEST, fmt).emit(scope, route, path, query, status, duration)
+        AccessLogger(_ACCESS_TEST, fmt).emit(
+            scope, route, path, query, status, duration, request_id
+        )
     finally:
-        reset_request_id(token)
         _ACCESS_TEST.removeHandler(handler)
     [record] = handler.records
     fields = getattr(record, FIELDS_ATTR)

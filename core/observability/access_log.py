@@ -91,10 +91,10 @@ class AccessLogger:
         query: bytes,
         status: int,
         duration: float,
+        request_id: str | None,
     ) -> None:
         """Log one request; `path` and `query` are as received, before routing rewrote them."""
         method: str = scope["method"]
-        request_id = get_request_id()
         if len(path) > _MAX_LOGGED:
             path = path[:_MAX_LOGGED] + "..."
         duration_ms = int(duration * 1_000_000.0 + 0.5) / 1000  # to the µs; cheaper than round()
@@ -164,4 +164,5 @@ class AccessLogMiddleware:
             await self.app(scope, receive, watch)
         finally:
             status, end = watch.finish()
-            self.access.emit(scope, route_label(scope, status), path, query, status, end - start)
+            route = route_label(scope, status)
+            self.access.emit(scope, route, path, query, status, end - start, get_request_id())

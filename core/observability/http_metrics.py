@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-from .labels import method_label
+from .labels import STANDARD_METHODS, method_label
 
 __all__ = ["HttpMetrics", "HttpStats", "SharedHttpStats"]
 
@@ -66,20 +66,24 @@ class HttpStats:
         self._les = [_le(b) for b in self._bounds]
         # (method, route, status) -> [count, sum, observations per bucket (not cumulative)...]
         self._series: dict[tuple[str, str, int], list[float]] = {}
-        self._in_progress = 0
+        # One entry per request in progress: list.append and list.pop are atomic, so `started`
+        # needs no lock.
+        self._active: list[None] = []
         self._lock = threading.Lock()
 
     def started(self) -> None:
         """A request has begun."""
-        with self._lock:
-            self._in_progress += 1
+        self._active.append(None)
 
     def finished(self, method: str, route: str, status: int, duration: float) -> None:
         """A request has ended: count it and observe its duration."""
-        key = (method_label(method), route, status)
+        if method not in STANDARD_METHODS:
+            method = "OTHER"
+        key = (method, route, status)
         slot = 2 + bisect_left(self._bounds, duration)
         with self._lock:
-            self._in_progress -= 1
+            if self._active:
+                self._active.pop()
             series = self._series.get(key)
             if series is None:
                 if len(self._series) >= _MAX_SERIES:
@@ -106,7 +110,7 @@ class HttpStats:
         requests, durations, in_progress = self._families()
         with self._lock:
             series = [(key, list(values)) for key, values in self._series.items()]
-            in_progress.add_metric([], float(self._in_progress))
+            in_progress.add_metric([], float(len(self._active)))
         merged: dict[tuple[str, str], list[float]] = {}
         for (method, route, status), values in series:
             requests.add_metric([method, route, str(status)], values[0])

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from .asgi_types import Scope
 
-__all__ = ["UNMATCHED", "method_label", "route_label"]
+__all__ = ["STANDARD_METHODS", "UNMATCHED", "method_label", "route_label"]
 
 UNMATCHED = "<unmatched>"
 """Shared route label of requests that matched no route (404/405 from the router)."""
 
-_METHODS = frozenset(
+STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 
 
 def method_label(method: str) -> str:
     """The method, or "OTHER" for anything non-standard (clients choose methods freely)."""
-    return method if method in _METHODS else "OTHER"
+    return method if method in STANDARD_METHODS else "OTHER"
 
 
 def route_label(scope: Scope, status: int) -> str:

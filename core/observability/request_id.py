@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 
 from .asgi_types import ASGIApp, Message, Receive, Scope, Send
@@ -51,44 +51,40 @@ def is_valid_request_id(value: str | bytes) -> bool:
     return _VALID.fullmatch(value) is not None
 
 
-class _RandomHex:
-    """32-character hex strings cut from a buffer of `os.urandom` output.
-
-    One system call per 256 ids instead of one per id: in a busy server that call costs more
-    than everything else about the id. Each id is still 16 fresh bytes from the OS generator.
-    """
-
-    _SIZE = 16 * 256
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buffer = ""
-        self._pos = 0
-
-    def __call__(self) -> str:
-        with self._lock:
-            pos = self._pos
-            if pos >= len(self._buffer):
-                self._buffer = os.urandom(self._SIZE).hex()
-                pos = 0
-            self._pos = pos + 32
-            return self._buffer[pos : pos + 32]
-
-    def reset(self) -> None:
-        """Forget the buffer (a forked child must not repeat its parent's ids)."""
-        self._lock = threading.Lock()
-        self._buffer = ""
-        self._pos = 0
-
-
-_random_hex = _RandomHex()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_random_hex.reset)
+_BATCH = 256
+_ids: Iterator[str] = iter(())
+_refill_lock = threading.Lock()
 
 
 def new_request_id() -> str:
     """A fresh id: 128 random bits (from `os.urandom`) as 32 hex characters."""
-    return _random_hex()
+    # Ids are cut from one `os.urandom` call per 256: in a busy server that system call costs
+    # more than everything else about the id. `next` on a list iterator is atomic, so threads
+    # never share an id; each is still 16 fresh bytes from the OS generator.
+    request_id = next(_ids, None)
+    return _refill() if request_id is None else request_id
+
+
+def _refill() -> str:
+    global _ids
+    with _refill_lock:
+        request_id = next(_ids, None)  # another thread may have refilled meanwhile
+        if request_id is None:
+            hexed = os.urandom(16 * _BATCH).hex()
+            _ids = iter([hexed[i : i + 32] for i in range(32, len(hexed), 32)])
+            request_id = hexed[:32]
+    return request_id
+
+
+def _forget_ids() -> None:
+    # A forked child must not hand out the ids its parent still holds.
+    global _ids, _refill_lock
+    _ids = iter(())
+    _refill_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_ids)
 
 
 class RequestIdPolicy:

@@ -16,7 +16,8 @@ from .asgi_types import ASGIApp, Message, Receive, Scope, Send
 from .http_metrics import HttpMetrics
 from .labels import route_label
 from .metrics import Metrics, MetricsMiddleware
-from .request_id import RequestIdMiddleware, RequestIdPolicy, reset_request_id, set_request_id
+from .request_id import RequestIdMiddleware, RequestIdPolicy
+from .request_id import _current as _current_request_id
 from .slow_query import install_slow_query_log
 from .tracing import TracingMiddleware, tracing_available
 
@@ -108,35 +109,37 @@ class ObservabilityMiddleware:
         policy = self._policy
         request_id, header = policy.pick(scope)
         access = self._access
-        if access is not None and not access.enabled():
+        if access is not None and not access.logger.isEnabledFor(access.level):
             access = None
         http = self._http
         # Read before the app runs: routers may rewrite the path in the shared scope.
         path = scope["path"]
         query = scope.get("query_string", b"")
-        status = 0
+        status = 0  # stays 0 until the response starts
         end = 0.0
-        started = False
 
         async def send_observed(message: Message) -> None:
-            nonlocal status, end, started
+            nonlocal status, end
             kind = message["type"]
             if kind == "http.response.start":
-                started = True
                 status = message["status"]
                 message = policy.add_header(message, header)
             elif kind == "http.response.body" and not message.get("more_body", False):
                 end = perf_counter()
             await send(message)
 
-        token = set_request_id(request_id)
+        token = _current_request_id.set(request_id)
+        if http is not None:
+            http.started()
+        start = perf_counter()
         try:
-            if http is not None:
-                http.started()
-            start = perf_counter()
+            await self.app(scope, receive, send_observed)
+        except Exception:
+            if not status:
+                await policy.send_error(send, header)
+            raise
+        finally:
             try:
-                await self.app(scope, receive, send_observed)
-            finally:
                 if not end:
                     status, end = 500, perf_counter()
                 if http is not None or access is not None:
@@ -144,13 +147,9 @@ class ObservabilityMiddleware:
                     if http is not None:
                         http.finished(scope["method"], route, status, end - start)
                     if access is not None:
-                        access.emit(scope, route, path, query, status, end - start)
-        except Exception:
-            if not started:
-                await policy.send_error(send, header)
-            raise
-        finally:
-            reset_request_id(token)
+                        access.emit(scope, route, path, query, status, end - start, request_id)
+            finally:
+                _current_request_id.reset(token)
 
 
 def observe_engine(

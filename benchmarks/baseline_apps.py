@@ -21,10 +21,19 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from core.lifespan import Lifespan
+from core.observability.asgi_types import ASGIApp
 from examples.users.models import User
 from examples.users.schemas import UserOut
 
 TTL = 300
+
+
+class BareLifespan(Lifespan):
+    """The core without its HTTP middleware: the adapters wrap the app through `wrap_asgi`."""
+
+    def wrap_asgi(self, app: ASGIApp) -> ASGIApp:
+        return app
 
 
 def _env() -> tuple[str, str, str, str]:
@@ -154,18 +163,24 @@ def litestar_aa() -> Any:
     )
 
 
+def _core() -> Any:
+    """The core the dualcore apps run on: as shipped, or without its HTTP middleware when
+    `BENCH_OBSERVABILITY=none` (the baseline of the observability stack's cost)."""
+    return BareLifespan() if os.environ.get("BENCH_OBSERVABILITY") == "none" else Lifespan()
+
+
 def fastapi_dualcore() -> Any:
     """The example service on FastAPI, settings from the environment."""
     from examples.fastapi_app import create_app
 
-    return create_app()
+    return create_app(_core())
 
 
 def litestar_dualcore() -> Any:
     """The example service on Litestar, settings from the environment."""
     from examples.litestar_app import create_app
 
-    return create_app()
+    return create_app(_core())
 
 
 APPS = {

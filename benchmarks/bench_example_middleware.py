@@ -1,15 +1,20 @@
 """Cost of the observability stack on the example service, with its real database work.
 
-    python benchmarks/bench_example_middleware.py [--rounds 41] [--requests 200]
+    python benchmarks/bench_example_middleware.py [--rounds 18] [--seconds 2] [--connections 16]
+                                                  [--cpu-rounds 41] [--cpu-requests 200]
 
-`bench_middleware.py` measures the stack on a hello-world endpoint (the worst case). This runs
-the example app itself, in-process through ASGI, against the real PostgreSQL and Redis: once as
-shipped (request id, access log rendered to /dev/null, metrics) and once with the adapters'
-middleware hook returning the app unwrapped. Process CPU per request is compared (the app is
-CPU bound on one worker, so that is its throughput): each round runs the two variants of one
-framework back to back, in alternating order, and the cost is the median over rounds of
-`1 - CPU without / CPU with`. The server's own per-request work (HTTP parsing, sockets) is not
-in either figure, so this overstates the share a served app would see.
+Both figures compare the example app as shipped (request id, access log written to /dev/null,
+metrics) with the same app whose adapters' middleware hook returns it unwrapped, on the real
+PostgreSQL and Redis:
+
+- **throughput** (the target): uvicorn servers, one worker each, driven by `wrk` on loopback.
+  Each round runs the two servers of one framework back to back, in alternating order; the
+  cost is `1 - median over rounds of (req/s with the stack / req/s without)`.
+- **app CPU** (an upper bound): the apps called in-process through ASGI, without a server.
+  The cost is the median over paired rounds of `1 - CPU without / CPU with`. The server's own
+  work per request (HTTP parsing, sockets) is in neither variant, so the stack's share of it
+  is larger than a served app sees.
+
 Target: the full stack costs at most 10% of the example's throughput.
 """
 
@@ -17,26 +22,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
+import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from _common import Dataset, quiet_access_log
 from asgi_driver import Driver, app_factories, running
+from baseline_apps import BareLifespan
+from bench_http import USERS, _lua, start_servers, stop_servers, wait_ready, wrk
 
 from core.lifespan import Lifespan
-from core.observability.asgi_types import ASGIApp
 
 CONCURRENCY = 8
+FRAMEWORKS = ("fastapi", "litestar")
 ENDPOINTS = {"GET /users/{id}": "/users/{id}", "GET /users/{id}/cached": "/users/{id}/cached"}
 
-
-class BareLifespan(Lifespan):
-    """The core without its HTTP middleware: the adapters wrap the app through `wrap_asgi`."""
-
-    def wrap_asgi(self, app: ASGIApp) -> ASGIApp:
-        return app
+Found = dict[tuple[str, str], tuple[float, float]]
+"""{(framework, endpoint): (figure with the stack, cost as a fraction)}."""
 
 
 def _factories(ds: Dataset) -> dict[str, Callable[[], Any]]:
@@ -52,12 +57,10 @@ def _factories(ds: Dataset) -> dict[str, Callable[[], Any]]:
     }
 
 
-async def measure(
-    ds: Dataset, rounds: int, requests: int
-) -> dict[tuple[str, str], tuple[float, float]]:
-    """{(framework, endpoint): (CPU µs per request with the stack, throughput cost)}."""
+async def measure_cpu(ds: Dataset, rounds: int, requests: int) -> Found:
+    """In-process: (CPU µs per request with the stack, the stack's share of it)."""
     factories = _factories(ds)
-    found: dict[tuple[str, str], tuple[float, float]] = {}
+    found: Found = {}
     for label, template in ENDPOINTS.items():
         paths = [template.format(id=uid) for uid in ds.ids[:200]]
         async with AsyncExitStack() as stack:
@@ -68,7 +71,7 @@ async def measure(
             for driver in drivers.values():  # warm up; every cached lookup afterwards is a hit
                 await driver.run(len(paths) * 2, CONCURRENCY)
             cpu: dict[str, list[float]] = {name: [] for name in drivers}
-            costs: dict[str, list[float]] = {"fastapi": [], "litestar": []}
+            costs: dict[str, list[float]] = {framework: [] for framework in FRAMEWORKS}
             for r in range(rounds):
                 for framework in costs:
                     pair = [f"{framework} full", f"{framework} none"]
@@ -82,24 +85,94 @@ async def measure(
     return found
 
 
-async def _main(rounds: int, requests: int) -> None:
+async def measure_served(
+    ds: Dataset, rounds: int, seconds: float, connections: int, processes: int = 3
+) -> Found:
+    """Over HTTP: (requests/s with the stack, throughput lost to it).
+
+    Two servers of the same code can differ by several percent for reasons of their own
+    (hash seed, memory layout), so each variant runs as `processes` server processes and
+    round r pairs the r-th processes of both variants (modulo `processes`).
+    """
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not found (Debian: apt-get install wrk)")
+    workdir = tempfile.mkdtemp(prefix="dualcore-bench-")
+    names = [
+        f"{framework}-dualcore@{variant}{i}"
+        for framework in FRAMEWORKS
+        for variant in ("full", "none")
+        for i in range(processes)
+    ]
+    env = {
+        name: {
+            "BENCH_ACCESS_LOG": "devnull",
+            "BENCH_OBSERVABILITY": name.partition("@")[2].rstrip("0123456789"),
+        }
+        for name in names
+    }
+    servers = start_servers(ds, names, workdir, env)
+    try:
+        await wait_ready(servers, ds, workdir)
+        scripts = {
+            label: _lua([p.format(id=u) for u in ds.ids[:USERS]], workdir)
+            for label, p in ENDPOINTS.items()
+        }
+        for server in servers.values():  # warm up: lazy imports, pools, statement caches
+            for script in scripts.values():
+                wrk(server.base, script, 1, connections)
+        rps: dict[tuple[str, str], list[float]] = {}
+        ratios: dict[tuple[str, str], list[float]] = {}
+        for r in range(rounds):
+            i = r % processes
+            for label, script in scripts.items():
+                for framework in FRAMEWORKS:
+                    full = servers[f"{framework}-dualcore@full{i}"]
+                    none = servers[f"{framework}-dualcore@none{i}"]
+                    order = (full, none) if (r // processes) % 2 == 0 else (none, full)
+                    got = {s.name: wrk(s.base, script, seconds, connections) for s in order}
+                    rps.setdefault((framework, label), []).append(got[full.name])
+                    ratios.setdefault((framework, label), []).append(
+                        got[full.name] / got[none.name]
+                    )
+        return {
+            key: (statistics.median(rps[key]), 1 - statistics.median(values))
+            for key, values in ratios.items()
+        }
+    finally:
+        stop_servers(servers)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _main(args: argparse.Namespace) -> None:
     ds = Dataset()
     await ds.create()
     try:
-        found = await measure(ds, rounds, requests)
+        served = await measure_served(ds, args.rounds, args.seconds, args.connections)
+        cpu = await measure_cpu(ds, args.cpu_rounds, args.cpu_requests)
     finally:
         await ds.drop()
-    print(f"rounds={rounds} requests/round={requests} concurrency={CONCURRENCY}")
-    for (framework, label), (cpu, cost) in found.items():
-        print(f"{framework:9} {label:24} {cpu:7.1f} µs CPU/request, stack costs {cost * 100:+.1f}%")
+    print(
+        f"throughput: rounds={args.rounds} seconds/run={args.seconds} "
+        f"connections={args.connections}"
+    )
+    for (framework, label), (value, cost) in served.items():
+        print(f"  {framework:9} {label:24} {value:7.0f} req/s, stack costs {cost * 100:+.1f}%")
+    print(
+        f"app CPU (upper bound): rounds={args.cpu_rounds} requests/round={args.cpu_requests} "
+        f"concurrency={CONCURRENCY}"
+    )
+    for (framework, label), (value, cost) in cpu.items():
+        print(f"  {framework:9} {label:24} {value:7.1f} µs/request, stack costs {cost * 100:+.1f}%")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=41)
-    parser.add_argument("--requests", type=int, default=200)
-    args = parser.parse_args()
-    asyncio.run(_main(args.rounds, args.requests))
+    parser.add_argument("--rounds", type=int, default=18)
+    parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--cpu-rounds", type=int, default=41)
+    parser.add_argument("--cpu-requests", type=int, default=200)
+    asyncio.run(_main(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from bench_http import USERS, _lua, start_servers, stop_servers, wait_ready, wrk
 from core.lifespan import Lifespan
 
 CONCURRENCY = 8
+POOL_SIZE = 3
+"""Database pool of each served process (per pool: primary and read-only)."""
 FRAMEWORKS = ("fastapi", "litestar")
 ENDPOINTS = {"GET /users/{id}": "/users/{id}", "GET /users/{id}/cached": "/users/{id}/cached"}
 
@@ -103,8 +105,12 @@ async def measure_served(
         for variant in ("full", "none")
         for i in range(processes)
     ]
+    # Small pools: the servers idle in turn but keep their connections, and all of them
+    # together stay under PostgreSQL's default max_connections (100).
+    pool = {"DATABASE__POOL_SIZE": str(POOL_SIZE), "DATABASE__MAX_OVERFLOW": "0"}
     env = {
         name: {
+            **pool,
             "BENCH_ACCESS_LOG": "devnull",
             "BENCH_OBSERVABILITY": name.partition("@")[2].rstrip("0123456789"),
         }

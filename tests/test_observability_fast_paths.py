@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -68,6 +71,23 @@ def test_template_records_follow_the_calling_thread(logger: logging.Logger) -> N
     assert seen[0].threadName == "w-1"
     assert seen[0].thread == worker.ident
     assert seen[0].process == os.getpid()
+
+
+def test_template_records_carry_a_forked_childs_own_pid(logger: logging.Logger) -> None:
+    template = RecordTemplate(logger, logging.INFO)
+    assert template.make("x", {}).process == os.getpid()
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() in a threaded process
+        pid = os.fork()
+    if pid == 0:  # child: report what its record says and leave without any cleanup
+        os.write(write, str(template.make("x", {}).process).encode("ascii"))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        reported = pipe.read().decode("ascii")
+    os.waitpid(pid, 0)
+    assert reported == str(pid)
 
 
 def test_template_records_respect_logging_switches(
@@ -158,7 +178,7 @@ def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, st
 
 
 @settings(max_examples=60, deadline=None)
-@given(observations=st.lists(_observation, max_size=40), open_requests=st.integers(0, 3))
+@given(observations=st.lists(_observation, max_size=300), open_requests=st.integers(0, 3))
 def test_http_stats_expose_what_prometheus_client_would(
     observations: list[tuple[str, str, int, float]], open_requests: int
 ) -> None:
@@ -176,6 +196,42 @@ def test_http_stats_expose_what_prometheus_client_would(
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
+
+
+def test_http_stats_lose_no_request_to_concurrent_threads_and_scrapes() -> None:
+    registry = CollectorRegistry()
+    stats = HttpStats(buckets=DEFAULT_BUCKETS)
+    registry.register(stats)
+    threads, per_thread = 8, 5000
+    done = threading.Event()
+
+    def serve(i: int) -> None:
+        for n in range(per_thread):
+            stats.started()
+            stats.finished("GET", f"/r{i % 2}", 200, n % 7 / 10)
+
+    def scrape() -> int:
+        scrapes = 0
+        while not done.is_set():
+            generate_latest(registry)
+            scrapes += 1
+        return scrapes
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to hit every window
+    try:
+        with ThreadPoolExecutor(threads + 1) as pool:
+            scraper = pool.submit(scrape)
+            list(pool.map(serve, range(threads)))
+            done.set()
+            assert scraper.result() > 0
+    finally:
+        sys.setswitchinterval(interval)
+    samples = _samples(registry)
+    total = sum(v for (name, _), v in samples.items() if name == "http_requests_total")
+    counts = sum(v for (name, _), v in samples.items() if name.endswith("_seconds_count"))
+    assert total == counts == threads * per_thread
+    assert samples[("http_requests_in_progress", ())] == 0.0
 
 
 def test_http_stats_namespace_and_custom_buckets() -> None:

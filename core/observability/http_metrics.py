@@ -33,6 +33,8 @@ _IN_PROGRESS_DOC = "HTTP requests being handled."
 _le: Callable[[float], str] = floatToGoString  # untyped upstream; spells `le` as Histogram does
 _MAX_SERIES = 10_000
 """Defensive bound on (method, route, status) series; labels are bounded anyway."""
+_BATCH = 128
+"""Finished requests queued before they are folded into the series."""
 
 
 class HttpMetrics(Protocol):
@@ -66,9 +68,11 @@ class HttpStats:
         self._les = [_le(b) for b in self._bounds]
         # (method, route, status) -> [count, sum, observations per bucket (not cumulative)...]
         self._series: dict[tuple[str, str, int], list[float]] = {}
-        # One entry per request in progress: list.append and list.pop are atomic, so `started`
-        # needs no lock.
+        # A request's bookkeeping is two list operations, which are atomic, so the request path
+        # takes no lock: one entry per request in progress, and finished requests waiting to be
+        # counted, folded into the series in batches (and before every scrape).
         self._active: list[None] = []
+        self._finished: list[tuple[str, str, int, float]] = []
         self._lock = threading.Lock()
 
     def started(self) -> None:
@@ -77,21 +81,34 @@ class HttpStats:
 
     def finished(self, method: str, route: str, status: int, duration: float) -> None:
         """A request has ended: count it and observe its duration."""
-        if method not in STANDARD_METHODS:
-            method = "OTHER"
-        key = (method, route, status)
-        slot = 2 + bisect_left(self._bounds, duration)
+        if self._active:
+            self._active.pop()
+        finished = self._finished
+        finished.append((method, route, status, duration))
+        if len(finished) >= _BATCH:
+            self._fold()
+
+    def _fold(self) -> None:
         with self._lock:
-            if self._active:
-                self._active.pop()
-            series = self._series.get(key)
-            if series is None:
-                if len(self._series) >= _MAX_SERIES:
-                    return
-                series = self._series[key] = [0.0] * (2 + len(self._bounds))
-            series[0] += 1
-            series[1] += duration
-            series[slot] += 1
+            finished = self._finished
+            n = len(finished)
+            batch = finished[:n]
+            # Requests finishing meanwhile were appended after the first n and stay queued.
+            del finished[:n]
+            all_series = self._series
+            bounds = self._bounds
+            for method, route, status, duration in batch:
+                if method not in STANDARD_METHODS:
+                    method = "OTHER"
+                key = (method, route, status)
+                series = all_series.get(key)
+                if series is None:
+                    if len(all_series) >= _MAX_SERIES:
+                        continue
+                    series = all_series[key] = [0.0] * (2 + len(bounds))
+                series[0] += 1
+                series[1] += duration
+                series[2 + bisect_left(bounds, duration)] += 1
 
     def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily]:
         p = self._prefix
@@ -108,6 +125,7 @@ class HttpStats:
     def collect(self) -> Iterator[Metric]:
         """Current counts, histograms (merged over statuses) and requests in progress."""
         requests, durations, in_progress = self._families()
+        self._fold()
         with self._lock:
             series = [(key, list(values)) for key, values in self._series.items()]
             in_progress.add_metric([], float(len(self._active)))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from contextlib import suppress
-from os import getpid
 from time import time_ns
 from typing import Any
 
@@ -16,6 +16,17 @@ _LogRecord = logging.LogRecord
 _new = object.__new__
 _get_ident = threading.get_ident
 _current_thread = threading.current_thread
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    # The pid changes only across fork; reading it per record would be a system call each.
+    os.register_at_fork(after_in_child=_refresh_pid)
 
 
 class RecordTemplate:
@@ -45,9 +56,9 @@ class RecordTemplate:
         if not self._stock_logger or logging.getLogRecordFactory() is not _LogRecord:
             logger = self.logger
             return logger.makeRecord(logger.name, self.level, "", 0, msg, (), None, extra=extra)
-        record: logging.LogRecord = _new(_LogRecord)
-        attrs = record.__dict__
-        attrs.update(self._base)
+        # A copy of the prepared attributes already has room for all of them; filling an empty
+        # instance dict instead would grow its table several times per record.
+        attrs = self._base.copy()
         now = time_ns()
         created = now / 1e9
         attrs["created"] = created
@@ -61,12 +72,14 @@ class RecordTemplate:
             attrs["threadName"] = _current_thread().name
         else:
             attrs["thread"] = attrs["threadName"] = None
-        attrs["process"] = getpid() if logging.logProcesses else None
+        attrs["process"] = _pid if logging.logProcesses else None
         attrs["processName"] = _process_name() if logging.logMultiprocessing else None
         if self._tasks:
             attrs["taskName"] = _task_name() if getattr(logging, "logAsyncioTasks", False) else None
         attrs["msg"] = msg
         attrs.update(extra)
+        record: logging.LogRecord = _new(_LogRecord)
+        record.__dict__ = attrs
         return record
 
 

@@ -8,8 +8,11 @@ metrics) with the same app whose adapters' middleware hook returns it unwrapped,
 PostgreSQL and Redis:
 
 - **throughput** (the target): uvicorn servers, one worker each, driven by `wrk` on loopback.
-  Each round runs the two servers of one framework back to back, in alternating order; the
-  cost is `1 - median over rounds of (req/s with the stack / req/s without)`.
+  Each round runs a server with the stack and one without, of one framework, back to back in
+  alternating order; the cost is `1 - median over rounds of (req/s with / req/s without)`.
+  Each variant runs as three server processes, used in turn, since two processes of the same
+  code can differ by a few percent on their own. Each round also measures a second process
+  without the stack against the first: that control's "cost" shows the noise floor.
 - **app CPU** (an upper bound): the apps called in-process through ASGI, without a server.
   The cost is the median over paired rounds of `1 - CPU without / CPU with`. The server's own
   work per request (HTTP parsing, sockets) is in neither variant, so the stack's share of it
@@ -27,12 +30,13 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from _common import Dataset, quiet_access_log
 from asgi_driver import Driver, app_factories, running
 from baseline_apps import BareLifespan
-from bench_http import USERS, _lua, start_servers, stop_servers, wait_ready, wrk
+from bench_http import ENDPOINTS, prepare, start_servers, stop_servers, wrk
 
 from core.lifespan import Lifespan
 
@@ -40,7 +44,6 @@ CONCURRENCY = 8
 POOL_SIZE = 3
 """Database pool of each served process (per pool: primary and read-only)."""
 FRAMEWORKS = ("fastapi", "litestar")
-ENDPOINTS = {"GET /users/{id}": "/users/{id}", "GET /users/{id}/cached": "/users/{id}/cached"}
 
 Found = dict[tuple[str, str], tuple[float, float]]
 """{(framework, endpoint): (figure with the stack, cost as a fraction)}."""
@@ -87,14 +90,27 @@ async def measure_cpu(ds: Dataset, rounds: int, requests: int) -> Found:
     return found
 
 
+@dataclass
+class Served:
+    """One endpoint served with and without the stack."""
+
+    rps: float
+    """Median requests/s with the stack."""
+    cost: float
+    """Throughput lost to the stack (a fraction)."""
+    control: float
+    """The same figure for two processes that both run without the stack: the noise floor."""
+
+
 async def measure_served(
     ds: Dataset, rounds: int, seconds: float, connections: int, processes: int = 3
-) -> Found:
-    """Over HTTP: (requests/s with the stack, throughput lost to it).
+) -> dict[tuple[str, str], Served]:
+    """Over HTTP, for each (framework, endpoint).
 
     Two servers of the same code can differ by several percent for reasons of their own
     (hash seed, memory layout), so each variant runs as `processes` server processes and
-    round r pairs the r-th processes of both variants (modulo `processes`).
+    round r pairs the r-th processes of both variants (modulo `processes`). Each round also
+    runs the next process without the stack, as a control that should show no cost.
     """
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found (Debian: apt-get install wrk)")
@@ -118,30 +134,33 @@ async def measure_served(
     }
     servers = start_servers(ds, names, workdir, env)
     try:
-        await wait_ready(servers, ds, workdir)
-        scripts = {
-            label: _lua([p.format(id=u) for u in ds.ids[:USERS]], workdir)
-            for label, p in ENDPOINTS.items()
-        }
-        for server in servers.values():  # warm up: lazy imports, pools, statement caches
-            for script in scripts.values():
-                wrk(server.base, script, 1, connections)
+        scripts = await prepare(servers, ds, workdir, connections)
         rps: dict[tuple[str, str], list[float]] = {}
         ratios: dict[tuple[str, str], list[float]] = {}
+        controls: dict[tuple[str, str], list[float]] = {}
         for r in range(rounds):
-            i = r % processes
+            i, block = r % processes, r // processes
             for label, script in scripts.items():
                 for framework in FRAMEWORKS:
                     full = servers[f"{framework}-dualcore@full{i}"]
                     none = servers[f"{framework}-dualcore@none{i}"]
-                    order = (full, none) if (r // processes) % 2 == 0 else (none, full)
+                    # The control: another process of the same app without the stack.
+                    other = servers[f"{framework}-dualcore@none{(i + 1) % processes}"]
+                    order = [full, none, other]
+                    order = order[block % 3 :] + order[: block % 3]
+                    if block // 3 % 2:
+                        order.reverse()
                     got = {s.name: wrk(s.base, script, seconds, connections) for s in order}
-                    rps.setdefault((framework, label), []).append(got[full.name])
-                    ratios.setdefault((framework, label), []).append(
-                        got[full.name] / got[none.name]
-                    )
+                    key = (framework, label)
+                    rps.setdefault(key, []).append(got[full.name])
+                    ratios.setdefault(key, []).append(got[full.name] / got[none.name])
+                    controls.setdefault(key, []).append(got[other.name] / got[none.name])
         return {
-            key: (statistics.median(rps[key]), 1 - statistics.median(values))
+            key: Served(
+                statistics.median(rps[key]),
+                1 - statistics.median(values),
+                1 - statistics.median(controls[key]),
+            )
             for key, values in ratios.items()
         }
     finally:
@@ -161,8 +180,11 @@ async def _main(args: argparse.Namespace) -> None:
         f"throughput: rounds={args.rounds} seconds/run={args.seconds} "
         f"connections={args.connections}"
     )
-    for (framework, label), (value, cost) in served.items():
-        print(f"  {framework:9} {label:24} {value:7.0f} req/s, stack costs {cost * 100:+.1f}%")
+    for (framework, label), row in served.items():
+        print(
+            f"  {framework:9} {label:24} {row.rps:7.0f} req/s, stack costs {row.cost * 100:+.1f}%"
+            f" (control without the stack: {row.control * 100:+.1f}%)"
+        )
     print(
         f"app CPU (upper bound): rounds={args.cpu_rounds} requests/round={args.cpu_requests} "
         f"concurrency={CONCURRENCY}"

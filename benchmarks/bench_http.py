@@ -120,6 +120,21 @@ async def wait_ready(
                     r.raise_for_status()
 
 
+async def prepare(
+    servers: dict[str, Server], ds: Dataset, workdir: str, connections: int
+) -> dict[str, str]:
+    """Wait for the servers, warm them up; returns the wrk script of each endpoint."""
+    await wait_ready(servers, ds, workdir)
+    scripts = {
+        label: _lua([p.format(id=u) for u in ds.ids[:USERS]], workdir)
+        for label, p in ENDPOINTS.items()
+    }
+    for server in servers.values():  # lazy imports, pools, statement caches
+        for script in scripts.values():
+            wrk(server.base, script, 1, connections)
+    return scripts
+
+
 def _lua(paths: list[str], workdir: str) -> str:
     script = Path(workdir) / f"paths-{abs(hash(tuple(paths)))}.lua"
     if not script.exists():
@@ -165,14 +180,7 @@ async def measure(ds: Dataset, rounds: int, seconds: float, connections: int) ->
     workdir = tempfile.mkdtemp(prefix="dualcore-bench-")
     servers = start_servers(ds, names, workdir)
     try:
-        await wait_ready(servers, ds, workdir)
-        scripts = {
-            label: _lua([p.format(id=u) for u in ds.ids[:USERS]], workdir)
-            for label, p in ENDPOINTS.items()
-        }
-        for server in servers.values():  # warm up: lazy imports, pools, statement caches
-            for script in scripts.values():
-                wrk(server.base, script, 1, connections)
+        scripts = await prepare(servers, ds, workdir, connections)
         rps: dict[tuple[str, str], list[float]] = {}
         ratios: dict[tuple[str, str, str], list[float]] = {}
         for r in range(rounds):

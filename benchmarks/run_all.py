@@ -198,12 +198,12 @@ async def middleware_part(ds: Dataset, plan: Plan) -> list[Row]:
     rows = [
         Row(
             f"5 observability stack, throughput ({framework}, {label})",
-            cost * 100,
+            row.cost * 100,
             10,
             unit="%",
-            detail=f"{rps:.0f} req/s with it",
+            detail=f"{row.rps:.0f} req/s with it; control {row.control * 100:+.1f}%",
         )
-        for (framework, label), (rps, cost) in served.items()
+        for (framework, label), row in served.items()
     ]
     rows += [
         Row(

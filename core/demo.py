@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -58,5 +59,16 @@ def run_demo(*, framework: str, host: str, port: int) -> int:
         f"       curl -s -X POST http://{host}:{port}/users "
         f"-H 'content-type: application/json' -d '{body}'"
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    _show_dualcore_logs()
+    # dualcore's access log replaces uvicorn's: one line per request, with route and request id.
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     return 0
+
+
+def _show_dualcore_logs() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    logger = logging.getLogger("dualcore")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = False

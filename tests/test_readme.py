@@ -4,6 +4,7 @@ configuration table matches the Settings model."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -275,6 +276,16 @@ def _run_demo(framework: str, env: dict[str, str]) -> None:
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{port}" in out
+    # The demo prints dualcore's access log: the lookup by its route template, with its status.
+    access = [
+        json.loads(line.partition(" ")[2])
+        for line in out.splitlines()
+        if line.startswith("dualcore.access ")
+    ]
+    assert any(
+        a["method"] == "POST" and a["route"] == "/users" and a["status"] == 201 for a in access
+    ), out
+    assert any(a["route"] == "/users/{user_id}/cached" and a["status"] == 200 for a in access), out
 
 
 @pytest.mark.anyio

@@ -260,6 +260,39 @@ async def test_a_fill_whose_lock_was_taken_over_leaves_the_entry_to_the_new_hold
     assert await redis_client.get(lock_key) == b"successor"
 
 
+async def test_a_waiter_that_takes_over_a_just_released_lock_does_not_load_again(
+    redis_client: aioredis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The holder stores the entry and releases its lock right between the waiter's last look
+    # and its next try for the lock: the waiter gets the lock, and must look once more.
+    holder, waiter = make(redis_client, key_prefix), make(redis_client, key_prefix)
+    lock_key = waiter.keys.lock_key(waiter.keys.body("k"))
+    await redis_client.set(lock_key, "holder-token", px=10_000)
+    acquire = waiter._acquire
+    tries = 0
+
+    async def acquire_after_the_holder_finished(lkey: str) -> str | None:
+        nonlocal tries
+        tries += 1
+        if tries == 2:
+            await holder.set("k", "from the holder", 30)
+            await redis_client.delete(lock_key)
+        return await acquire(lkey)
+
+    monkeypatch.setattr(waiter, "_acquire", acquire_after_the_holder_finished)
+    loads = 0
+
+    async def load() -> str:
+        nonlocal loads
+        loads += 1
+        return "loaded again"
+
+    with anyio.fail_after(5):
+        assert await waiter.get_or_set("k", load, 30) == "from the holder"
+    assert (tries, loads) == (2, 0)
+    assert await redis_client.exists(lock_key) == 0  # the waiter released what it took
+
+
 def _process_main(url: str, prefix: str, counter: str, barrier: Any) -> None:
     asyncio.run(_process_calls(url, prefix, counter, barrier))
 

@@ -441,9 +441,9 @@ class Cache:
                     elif outcome == "down":
                         redis_up = False
                     # "timeout": the holder is stuck; load without the lock and still store.
-                elif not flight.early:
+                if token is not None and not flight.early:
                     # Another process may have filled the entry and released the lock between
-                    # our miss and this acquisition: look again before loading.
+                    # our last miss and this acquisition: look again before loading.
                     state, found, seen = await self._lookup(
                         vkey, gkey, type_, count=False, early=False
                     )

@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import threading
-from contextlib import suppress
 from time import time_ns
 from typing import Any
 
@@ -87,8 +86,10 @@ def _process_name() -> str:
     mp = sys.modules.get("multiprocessing")
     if mp is not None:
         # As logging does: a half-initialised multiprocessing must not break a log call.
-        with suppress(Exception):
+        try:
             return str(mp.current_process().name)
+        except Exception:
+            pass
     return "MainProcess"
 
 

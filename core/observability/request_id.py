@@ -112,13 +112,12 @@ class RequestIdPolicy:
 
     def add_header(self, message: Message, header: tuple[bytes, bytes]) -> Message:
         """A response-start message with the id header, unless the app already set one."""
-        headers = list(message.get("headers", ()))
+        headers = message.get("headers", ())
         name = self.name
         for key, _ in headers:
             if key.lower() == name:
                 return message
-        headers.append(header)
-        return {**message, "headers": headers}
+        return {**message, "headers": [*headers, header]}
 
     @staticmethod
     async def send_error(send: Send, header: tuple[bytes, bytes]) -> None:

@@ -15,7 +15,6 @@ from tests.conftest import FRAMEWORKS
 from tests.faults.harness import (
     SLACK,
     FaultEnv,
-    Figures,
     Load,
     PgMonitor,
     Service,
@@ -29,16 +28,28 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.anyio
 
 
-async def _pool_exhaustion(
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize(
+    ("concurrency", "hold", "after", "pool_timeout", "label"),
+    [
+        pytest.param(6, 0.8, 0.3, 0.3, " (quick)", id="quick"),
+        # 30 clients on 2 connections queue for about 0.1 s each even with the pool free; on a
+        # loaded machine that nears 0.3 s, so a short pool timeout would keep failing after the
+        # holders let go and hide the recovery this case measures.
+        pytest.param(30, 2.5, 1.0, 1.0, "", id="full", marks=pytest.mark.slow),
+    ],
+)
+async def test_fault_pool_exhaustion(
     framework: str,
     env: FaultEnv,
-    *,
     concurrency: int,
     hold: float,
     after: float,
     pool_timeout: float,
-    label: str = "",
-) -> Figures:
+    label: str,
+) -> None:
+    """Excess requests get 503 within the pool timeout, and the app recovers; the quick case
+    runs in every test session, the full one in the fault suite."""
     settings = fault_settings(
         env.pg.url,
         env.redis.url,
@@ -70,49 +81,16 @@ async def _pool_exhaustion(
         during = [s for s in samples if s.ended < lifted - 0.1]
         assert during and all(s.status == 503 for s in during)
         assert all(s.body["dependency"] == "database" for s in during)
-    return summarise(
-        f"pool exhaustion{label} [{framework}]",
-        samples,
-        background=held,
-        bound=pool_timeout + SLACK,
-        leaked=svc.leaked,
-        fault_started=started,
-        fault_lifted=lifted,
-        note=f"pool 2, {concurrency} waiting, pool_timeout {pool_timeout}s",
-    )
-
-
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-@pytest.mark.parametrize(
-    ("concurrency", "hold", "after", "pool_timeout", "label"),
-    [
-        pytest.param(6, 0.8, 0.3, 0.3, " (quick)", id="quick"),
-        # 30 clients on 2 connections queue for about 0.1 s each even with the pool free; on a
-        # loaded machine that nears 0.3 s, so a short pool timeout would keep failing after the
-        # holders let go and hide the recovery this case measures.
-        pytest.param(30, 2.5, 1.0, 1.0, "", id="full", marks=pytest.mark.slow),
-    ],
-)
-async def test_fault_pool_exhaustion(
-    framework: str,
-    env: FaultEnv,
-    concurrency: int,
-    hold: float,
-    after: float,
-    pool_timeout: float,
-    label: str,
-) -> None:
-    """Excess requests get 503 within the pool timeout, and the app recovers; the quick case
-    runs in every test session, the full one in the fault suite."""
     env.record(
-        await _pool_exhaustion(
-            framework,
-            env,
-            concurrency=concurrency,
-            hold=hold,
-            after=after,
-            pool_timeout=pool_timeout,
-            label=label,
+        summarise(
+            f"pool exhaustion{label} [{framework}]",
+            samples,
+            background=held,
+            bound=pool_timeout + SLACK,
+            leaked=svc.leaked,
+            fault_started=started,
+            fault_lifted=lifted,
+            note=f"pool 2, {concurrency} waiting, pool_timeout {pool_timeout}s",
         )
     )
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import MetaData, String, func, select, text
+from sqlalchemy import MetaData, String, event, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -17,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from core.config import DatabaseSettings, Settings
 from core.database import DatabaseManager, ReadOnlySessionError
+from core.resilience import BreakerState, CircuitOpenError
 
 pytestmark = pytest.mark.anyio
 
@@ -438,3 +440,98 @@ async def test_use_after_close_is_refused_until_restarted(
         assert await manager.ping() > 0
     finally:
         await manager.close()
+
+
+# --- interrupted transactions and the breaker -----------------------------------------------------
+
+
+@pytest.fixture
+async def single(database_url: str, app_name: str) -> AsyncIterator[DatabaseManager]:
+    """A manager whose read-write pool holds exactly one connection."""
+    async with DatabaseManager(_settings(database_url, app_name, pool_size=1)) as manager:
+        yield manager
+
+
+async def _backend_pid(db: DatabaseManager) -> int:
+    async with db.get_session() as session:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+@pytest.mark.parametrize("interruption", ["cancelled", "error"])
+async def test_an_interrupted_transaction_hands_its_connection_back_clean(
+    single: DatabaseManager, item: Any, probe: AsyncEngine, pg_schema: str, interruption: str
+) -> None:
+    # A unit of work stopped between statements, its transaction open: cancelled (the client
+    # went away while the handler awaited something else) or failed with an error. Its cleanup
+    # rolls back and returns the connection rather than throwing it away: the next session on
+    # the one-connection pool runs on the very same server backend, outside that transaction.
+    pid = await _backend_pid(single)
+    inside = anyio.Event()
+
+    async def unit() -> None:
+        async with single.get_session() as session:
+            session.add(item(id=1, name="uncommitted"))
+            await session.flush()
+            await session.execute(text("SELECT set_config('dctest.mark', 'dirty', true)"))
+            inside.set()
+            if interruption == "error":
+                raise Boom("mid-transaction")
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        if interruption == "error":
+            with pytest.raises(Boom):
+                await unit()
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(unit)
+                await inside.wait()
+                tg.cancel_scope.cancel()
+
+    assert _checked_out(single) == (0, 0)
+    with anyio.fail_after(5):
+        async with single.get_session() as session:
+            assert (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one() == pid
+            mark = await session.execute(text("SELECT current_setting('dctest.mark', true)"))
+            assert mark.scalar_one() in (None, "")  # the transaction-local value is gone
+    assert await _count(probe, pg_schema) == 0
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port with nothing listening (connections are refused), held bound so no one
+    else takes it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+async def test_refused_connections_open_the_breaker_and_then_fail_fast(
+    app_name: str, closed_port: int
+) -> None:
+    threshold = 3
+    settings = Settings(
+        _env_file=None,
+        app={"name": app_name},
+        database={"url": f"postgresql://u@127.0.0.1:{closed_port}/d", "connect_timeout": 2},
+        resilience={"breaker_failure_threshold": threshold, "breaker_reset_timeout": 60},
+    )
+    async with DatabaseManager(settings) as db:
+        attempts: list[object] = []
+        event.listen(db.engine.sync_engine, "do_connect", lambda *args: attempts.append(args))
+        with anyio.fail_after(10):
+            for n in range(1, threshold + 1):
+                with pytest.raises(ConnectionRefusedError):
+                    async with db.get_session() as session:
+                        await session.execute(text("SELECT 1"))
+                assert len(attempts) == n
+                expected = BreakerState.OPEN if n == threshold else BreakerState.CLOSED
+                assert db.breaker.state is expected
+                assert db.breaker.snapshot().consecutive_failures == n
+            entered = False
+            with pytest.raises(CircuitOpenError) as info:
+                async with db.get_session():
+                    entered = True
+        assert not entered  # refused before a session was handed out
+        assert len(attempts) == threshold  # and without another connection attempt
+        assert info.value.retry_after > 50

@@ -110,7 +110,28 @@ async def test_required_failure_makes_not_ready() -> None:
 async def test_empty_registry_is_ready() -> None:
     report = await HealthRegistry().run()
     assert report.ready
-    assert report.to_dict() == {"status": "ok", "checks": {}}
+    assert report.age is not None
+    assert report.to_dict() == {"status": "ok", "checks": {}, "age_ms": round(report.age * 1000, 2)}
+
+
+@pytest.mark.parametrize("cache_for", [-0.1, float("nan"), float("inf")])
+def test_cache_for_must_be_finite_and_not_negative(cache_for: float) -> None:
+    with pytest.raises(ValueError, match="cache_for"):
+        HealthRegistry(cache_for=cache_for)
+
+
+async def test_cache_for_zero_runs_the_checks_for_every_call_in_turn() -> None:
+    calls: list[int] = []
+
+    async def counted() -> None:
+        calls.append(1)
+
+    registry = HealthRegistry(cache_for=0)
+    registry.add("counted", counted)
+    for _ in range(3):
+        report = await registry.run()
+        assert report.ready
+    assert len(calls) == 3
 
 
 def test_duplicate_names_rejected() -> None:
@@ -144,6 +165,7 @@ def test_readiness_rule(statuses: list[tuple[str, bool]], ready: bool) -> None:
         for i, (status, required) in enumerate(statuses)
     )
     report = HealthReport(checks)
+    assert "age_ms" not in report.to_dict()  # not measured: no age is claimed
     assert report.ready is ready
     assert report.status_code == (200 if ready else 503)
     assert report.to_dict()["status"] == ("ok" if ready else "fail")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import anyio
 import pytest
@@ -33,28 +32,51 @@ async def broken() -> None:
 
 
 async def test_checks_run_concurrently() -> None:
+    # Each check waits for the other to start: run one after the other, the first would wait
+    # until its timeout.
+    a_started, b_started = anyio.Event(), anyio.Event()
+
+    async def a() -> None:
+        a_started.set()
+        await b_started.wait()
+        await slow_ok()
+
+    async def b() -> None:
+        b_started.set()
+        await a_started.wait()
+        await slow_ok()
+
     registry = HealthRegistry()
-    registry.add("a", slow_ok)
-    registry.add("b", slow_ok)
-    start = time.perf_counter()
+    registry.add("a", a)
+    registry.add("b", b)
     report = await registry.run()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5
     assert [c.status for c in report.checks] == ["ok", "ok"]
     assert all(c.latency_ms >= 250 for c in report.checks)
 
 
 async def test_timeout_is_per_check() -> None:
+    stuck_timeout, fine_timeout = 0.1, 2.0
+    stuck_cut_off = anyio.Event()
+
+    async def stuck() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stuck_cut_off.set()
+
+    async def fine() -> None:
+        # Outlives the stuck check's timeout and ends only once that check was cut off, so
+        # `ok` here means the stuck check was stopped at its own timeout, not at this one's.
+        await stuck_cut_off.wait()
+
     registry = HealthRegistry()
-    registry.add("stuck", hang, timeout=0.1)
-    registry.add("fine", slow_ok, timeout=1.0)
-    start = time.perf_counter()
+    registry.add("stuck", stuck, timeout=stuck_timeout)
+    registry.add("fine", fine, timeout=fine_timeout)
     report = await registry.run()
-    assert time.perf_counter() - start < 0.6
     statuses = {c.name: c.status for c in report.checks}
     assert statuses == {"stuck": "timeout", "fine": "ok"}
-    stuck = next(c for c in report.checks if c.name == "stuck")
-    assert 90 <= stuck.latency_ms < 500
+    stuck_result = next(c for c in report.checks if c.name == "stuck")
+    assert stuck_timeout * 1000 * 0.9 <= stuck_result.latency_ms < fine_timeout * 1000
     assert not report.ready
     assert report.status_code == 503
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+
+from core.urls import (
+    EMBEDDED,
+    is_topology_url,
+    normalise_pg_url,
+    normalise_redis_url,
+    normalise_topology_url,
+    redact_url,
+)
 
 __all__ = [
     "EMBEDDED",
@@ -27,34 +34,9 @@ __all__ = [
     "ResilienceSettings",
     "Settings",
     "get_settings",
-    "redact_url",
 ]
 
-EMBEDDED = "embedded"
-"""URL value that asks for an embedded server (development and tests only)."""
-
 Environment = Literal["development", "test", "production"]
-
-_PG_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
-_REDIS_SCHEMES = {"redis", "rediss", "unix"}
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`; never raises."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, sep, _pw = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-        query = parts.query
-        if query:
-            pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query)]
-            query = urlencode(pairs, safe="*/")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparseable url>"
 
 
 class _Group(BaseModel):
@@ -112,7 +94,7 @@ class DatabaseSettings(_Group):
     def _split_password(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            data["url"], pw = _normalise_pg_url(data.get("url", cls.model_fields["url"].default))
+            data["url"], pw = normalise_pg_url(data.get("url", cls.model_fields["url"].default))
             if pw is not None and data.get("password") is None:
                 data["password"] = pw
             data["replica_urls"], data["replica_passwords"] = _split_replicas(
@@ -169,14 +151,12 @@ class RedisSettings(_Group):
         if isinstance(data, dict):
             data = dict(data)
             url = data.get("url", cls.model_fields["url"].default)
-            if isinstance(url, str) and _is_topology_url(url):
-                from core.redis_topology import normalise_topology_url
-
+            if isinstance(url, str) and is_topology_url(url):
                 data["url"], pw, sentinel_pw = normalise_topology_url(url)
                 if sentinel_pw is not None and data.get("sentinel_password") is None:
                     data["sentinel_password"] = sentinel_pw
             else:
-                data["url"], pw = _normalise_redis_url(url)
+                data["url"], pw = normalise_redis_url(url)
             if pw is not None and data.get("password") is None:
                 data["password"] = pw
         return data
@@ -328,7 +308,7 @@ def _scrubbed(exc: ValidationError) -> ValidationError:
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
-# --- URL normalisation -------------------------------------------------------------------------
+# --- replica lists ----------------------------------------------------------------------------
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -350,7 +330,7 @@ def _split_replicas(raw_urls: Any, raw_passwords: Any) -> tuple[list[str], list[
     urls: list[str] = []
     passwords: list[Any] = []
     for raw in _as_list(raw_urls if raw_urls is not None else []):
-        url, password = _normalise_pg_url(raw)
+        url, password = normalise_pg_url(raw)
         if url == EMBEDDED:
             raise ValueError("a replica URL cannot be 'embedded'")
         urls.append(url)
@@ -361,106 +341,3 @@ def _split_replicas(raw_urls: Any, raw_passwords: Any) -> tuple[list[str], list[
             raise ValueError("replica_passwords needs one entry (or null) per replica URL")
         passwords = [p if p is not None else g for p, g in zip(passwords, given, strict=True)]
     return urls, passwords
-
-
-def _is_topology_url(url: str) -> bool:
-    scheme = url.strip().partition("://")[0].lower() if "://" in url else ""
-    return scheme in ("redis+sentinel", "redis+cluster")
-
-
-def _valid_host(host: str) -> bool:
-    # Names, IPv4 and IPv6 (with a zone id); rejects spaces and stray URL delimiters.
-    return all(c.isalnum() or c in "._-:%" for c in host)
-
-
-def _normalise_pg_url(raw: Any) -> tuple[str, str | None]:
-    """Normalise to the asyncpg driver; return (url without password, password)."""
-    if not isinstance(raw, str):
-        raise ValueError("database URL must be a string")
-    raw = raw.strip()
-    if raw.lower() == EMBEDDED:
-        return EMBEDDED, None
-    # Without "://" the whole value may be a pasted password: never echo it as a "scheme".
-    scheme = raw.partition("://")[0].lower() if "://" in raw else ""
-    if scheme not in _PG_SCHEMES:
-        shown = scheme if scheme.replace("+", "").isalnum() and len(scheme) < 30 else "?"
-        raise ValueError(
-            f"database URL must use postgresql:// (or postgres://, postgresql+asyncpg://), "
-            f"got scheme {shown!r}; or set it to 'embedded'"
-        )
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):
-        raise ValueError("database URL is not a valid URL") from None
-    if not url.host and "host" not in url.query:
-        raise ValueError("database URL has no host")
-    if url.host and not _valid_host(url.host):
-        raise ValueError("database URL has an invalid host")
-    try:
-        port = url.port
-    except ValueError:
-        raise ValueError("database URL has an invalid port") from None
-    if port is not None and not 0 < port < 65536:
-        raise ValueError("database URL has an invalid port")
-    password = url.password
-    # asyncpg also takes `?password=`: move it out so the stored URL stays printable.
-    query = {k: v for k, v in url.query.items() if k != "password"}
-    if password is None and "password" in url.query:
-        value = url.query["password"]
-        password = value if isinstance(value, str) else value[0]
-    url = URL.create("postgresql+asyncpg", url.username, None, url.host, port, url.database, query)
-    return url.render_as_string(hide_password=False), (
-        str(password) if password is not None else None
-    )
-
-
-def _normalise_redis_url(raw: Any) -> tuple[str, str | None]:
-    """Validate a redis://, rediss:// or unix:// URL; return (url without password, password)."""
-    if not isinstance(raw, str):
-        raise ValueError("Redis URL must be a string")
-    raw = raw.strip()
-    if raw.lower() == EMBEDDED:
-        return EMBEDDED, None
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError:
-        raise ValueError("Redis URL is not a valid URL (bad port or brackets)") from None
-    scheme = parts.scheme.lower() if "://" in raw else ""
-    if scheme not in _REDIS_SCHEMES:
-        shown = scheme if scheme.isalnum() and len(scheme) < 30 else "?"
-        raise ValueError(
-            f"Redis URL must use redis://, rediss://, unix://, redis+sentinel:// or "
-            f"redis+cluster://, got scheme {shown!r}; or set it to 'embedded'"
-        )
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError("unix:// Redis URL needs a socket path")
-    elif not parts.hostname:
-        raise ValueError("Redis URL has no host")
-    elif not _valid_host(parts.hostname):
-        raise ValueError("Redis URL has an invalid host")
-    if port == 0:
-        raise ValueError("Redis URL is not a valid URL (bad port or brackets)")
-    password = unquote(parts.password) if parts.password is not None else None
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = []
-    for key, value in query:
-        if key.lower() == "password":
-            password = password if password is not None else value
-        else:
-            kept.append((key, value))
-    if scheme != "unix" and parts.path not in ("", "/"):
-        db = parts.path.lstrip("/")
-        if not db.isdigit():
-            raise ValueError("Redis URL database must be a number (redis://host:6379/0)")
-    netloc = ""
-    if parts.username:
-        netloc = quote(unquote(parts.username), safe="") + "@"
-    if parts.hostname:
-        host = parts.hostname
-        netloc += f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc += f":{port}"
-    clean = urlunsplit((scheme, netloc, parts.path, urlencode(kept), ""))
-    return clean, password

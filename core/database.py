@@ -29,10 +29,11 @@ from sqlalchemy.orm import Session
 
 from core._aio import deadline, finish_shielded
 from core._pgconn import discard_closed_on_checkout, shielded_connect
-from core.config import Settings, get_settings, redact_url
+from core.config import Settings, get_settings
 from core.errors import ResourceClosedError
 from core.replicas import Replica, ReplicaSet, is_connection_failure
 from core.resilience import CircuitBreaker
+from core.urls import redact_url
 
 __all__ = ["DatabaseManager", "ReadOnlySessionError", "db_manager"]
 

@@ -14,10 +14,11 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.config import Settings, get_settings, redact_url
+from core.config import Settings, get_settings
 from core.errors import ResourceClosedError
 from core.redis_topology import build_topology_client, is_topology_url
 from core.resilience import CircuitBreaker
+from core.urls import redact_url
 
 if TYPE_CHECKING:
     from core.cache import Cache

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from redis.asyncio.connection import parse_url as redis_parse_url
 from sqlalchemy.engine import make_url
 
-from core.config import DatabaseSettings, RedisSettings, Settings, get_settings, redact_url
+from core.config import DatabaseSettings, RedisSettings, Settings, get_settings
+from core.urls import redact_url
 
 CANARY = "s3cr3t-CANARY"
 

@@ -229,7 +229,7 @@ def _guard(run: Callable[[Any], None], settings: Any = _NEEDS_SETTINGS) -> int:
         return 1
     except Exception as exc:
         if settings is not None and _is_connection_error(exc):
-            from core.config import redact_url
+            from core.urls import redact_url
 
             url = redact_url(settings.database.url)
             _error(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import re
 from functools import lru_cache
+from json.encoder import encode_basestring
 from time import perf_counter
 from urllib.parse import unquote_plus
 
 from .asgi_types import ASGIApp, Receive, Scope, Send
-from .formatting import FIELDS_ATTR, LogFormat, json_string, logfmt_value, renderer
+from .formatting import FIELDS_ATTR, LogFormat, escape_unsafe, logfmt_value, renderer
 from .labels import route_label
 from .log_record import RecordTemplate
 from .request_id import get_request_id
@@ -30,7 +31,7 @@ value costs little, a logged token costs a rotation.
 """
 
 MASK = "***"
-_encode = json_string
+_encode = encode_basestring
 _lf = logfmt_value
 _MAX_LOGGED = 1024
 
@@ -123,6 +124,9 @@ class AccessLogger:
                 f',"status":{status},"duration_ms":{duration_ms!r},"request_id":{rid}'
                 f',"client":{addr}}}'
             )
+            # One check for the whole line rather than per value: the common line is all ASCII.
+            if not line.isascii():
+                line = escape_unsafe(line)
         else:
             q = f" query={_lf(masked)}" if masked is not None else ""
             line = (

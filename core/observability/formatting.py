@@ -2,6 +2,11 @@
 
 Access and slow-query logs build their line directly, so any handler with a plain `%(message)s`
 format writes structured output; `StructuredFormatter` renders every other record the same way.
+
+A rendered line never holds a character a reader could take for a line break or a terminal
+control, so request text cannot split a line or forge another: besides the ASCII controls JSON
+escapes, C1 controls (U+0080-U+009F, NEL included), U+2028, U+2029 and lone surrogates (which
+no UTF-8 stream can write) are escaped as `\\uXXXX`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ __all__ = [
     "FIELDS_ATTR",
     "LogFormat",
     "StructuredFormatter",
+    "escape_unsafe",
     "json_string",
     "logfmt_value",
     "render_json",
@@ -32,8 +38,27 @@ FIELDS_ATTR = "fields"
 """LogRecord attribute holding the structured fields of access and slow-query records."""
 
 _encode: Callable[[str], str] = encode_basestring
-json_string = _encode
-"""A JSON string literal for `text` (C-accelerated)."""
+# `encode_basestring` escapes everything below U+0020; these are the rest that can break a line.
+_UNSAFE = re.compile(r"[\x80-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def escape_unsafe(text: str) -> str:
+    """`text` with C1 controls, U+2028, U+2029 and lone surrogates written as `\\uXXXX`.
+
+    Only valid where every such character sits inside a JSON string literal: a JSON line, or a
+    logfmt line (its values are bare ASCII or JSON-quoted). ASCII text is returned as is.
+    """
+    return text if text.isascii() else _UNSAFE.sub(_escape_char, text)
+
+
+def json_string(text: str) -> str:
+    """A JSON string literal for `text` that cannot break a line (see the module docstring)."""
+    out = _encode(text)
+    return out if out.isascii() else _UNSAFE.sub(_escape_char, out)
 
 
 def _json_value(value: object) -> str:
@@ -54,8 +79,9 @@ def _json_value(value: object) -> str:
 
 
 def render_json(fields: Mapping[str, object]) -> str:
-    """One JSON object on one line (control characters escaped)."""
-    return "{" + ",".join([f"{_encode(k)}:{_json_value(v)}" for k, v in fields.items()]) + "}"
+    """One JSON object on one line (control characters and line separators escaped)."""
+    line = "{" + ",".join([f"{_encode(k)}:{_json_value(v)}" for k, v in fields.items()]) + "}"
+    return line if line.isascii() else _UNSAFE.sub(_escape_char, line)
 
 
 _LOGFMT_PLAIN = re.compile(r"[A-Za-z0-9_.:/<>{}@+,*%-]+")
@@ -67,7 +93,8 @@ def logfmt_value(value: object) -> str:
     if _LOGFMT_PLAIN.fullmatch(text) or not text:
         return text
     # Quoted form: JSON string escaping keeps the line single and unambiguous.
-    return _encode(text)
+    out = _encode(text)
+    return out if out.isascii() else _UNSAFE.sub(_escape_char, out)
 
 
 def _logfmt_scalar(value: object) -> str:
@@ -81,7 +108,7 @@ def _logfmt_scalar(value: object) -> str:
 
 
 def render_logfmt(fields: Mapping[str, object]) -> str:
-    """`key=value` pairs; values with spaces, quotes, `=` or control characters are quoted.
+    """`key=value` pairs; a value that is not a plain ASCII word is quoted as a JSON string.
 
     None renders as an empty value (`key=`).
     """

@@ -1,5 +1,5 @@
-"""asyncpg connection hygiene for the pools: cancellation-safe connects, and no handing out of
-connections the server already closed.
+"""asyncpg connection hygiene for the pools: cancellation-safe connects, no handing out of
+connections the server already closed, and errors marked as the database's own.
 """
 
 from __future__ import annotations
@@ -9,10 +9,15 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["discard_closed_on_checkout", "shielded_connect"]
+from core.resilience.errors import mark_origin
+
+__all__ = ["harden_engine", "shielded_connect"]
+
+DATABASE = "database"
 
 
 async def shielded_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
@@ -28,6 +33,11 @@ async def shielded_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
         return await asyncio.shield(attempt)
     except asyncio.CancelledError:
         attempt.add_done_callback(_discard_orphan)
+        raise
+    except Exception as exc:
+        # SQLAlchemy passes connect errors through unwrapped (an OSError for a refused
+        # connection): the mark is what tells them from the application's own OSErrors.
+        mark_origin(exc, DATABASE)
         raise
 
 
@@ -45,9 +55,19 @@ def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError("pooled connection was closed by the server")
 
 
-def discard_closed_on_checkout(engine: AsyncEngine) -> AsyncEngine:
+def _mark_error(context: ExceptionContext) -> None:
+    mark_origin(context.original_exception, DATABASE)
+    if context.sqlalchemy_exception is not None:
+        mark_origin(context.sqlalchemy_exception, DATABASE)
+
+
+def harden_engine(engine: AsyncEngine) -> AsyncEngine:
     """Make `engine`'s pool replace, at checkout, a connection the server closed while it sat
-    idle (restart, `pg_terminate_backend`, idle timeouts). asyncpg notices the close as it
-    happens, so this costs no round trip, unlike `pool_pre_ping`."""
+    idle (restart, `pg_terminate_backend`, idle timeouts), and mark every error its execute,
+    commit or rollback raises as the database's.
+
+    asyncpg notices a close as it happens, so the checkout check costs no round trip, unlike
+    `pool_pre_ping`."""
     event.listen(engine.sync_engine, "checkout", _refuse_closed)
+    event.listen(engine.sync_engine, "handle_error", _mark_error)
     return engine

@@ -28,14 +28,14 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from core._aio import deadline, finish_shielded
-from core._pgconn import discard_closed_on_checkout, shielded_connect
+from core._pgconn import DATABASE, harden_engine, shielded_connect
 from core.config import Settings, get_settings
 from core.errors import ResourceClosedError
 from core.replicas import Replica, ReplicaSet, is_connection_failure
-from core.resilience import CircuitBreaker
+from core.resilience import CircuitBreaker, is_serialization_failure, is_transient, origin_of
 from core.urls import redact_url
 
-__all__ = ["DatabaseManager", "ReadOnlySessionError", "db_manager"]
+__all__ = ["COMMIT_FAILURE", "DatabaseManager", "ReadOnlySessionError", "db_manager"]
 
 log = logging.getLogger("dualcore.database")
 
@@ -139,9 +139,16 @@ class DatabaseManager:
 
     @property
     def breaker(self) -> CircuitBreaker:
-        """The circuit breaker guarding the primary; its state feeds health and metrics."""
+        """The circuit breaker guarding the primary; its state feeds health and metrics.
+
+        It counts only failures of this manager's own connect, execute and commit that say the
+        server is unreachable: never an error raised by application code inside a session, nor
+        a serialization failure or deadlock (the server is fine; the transaction lost a race).
+        """
         if self._breaker is None:
-            self._breaker = CircuitBreaker.from_settings("database", self.settings.resilience)
+            self._breaker = CircuitBreaker.from_settings(
+                "database", self.settings.resilience, is_failure=_is_database_failure
+            )
         return self._breaker
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -162,10 +169,10 @@ class DatabaseManager:
             raise ResourceClosedError("database")
         if self.url == "embedded":
             raise RuntimeError("DATABASE_URL=embedded: call `await manager.start()` first")
-        self._engine = discard_closed_on_checkout(
+        self._engine = harden_engine(
             create_async_engine(self._sqlalchemy_url(False), **self._engine_kwargs(False))
         )
-        self._read_engine = discard_closed_on_checkout(
+        self._read_engine = harden_engine(
             create_async_engine(self._sqlalchemy_url(True), **self._engine_kwargs(True))
         )
         self._rw_factory = async_sessionmaker(self._engine, expire_on_commit=False)
@@ -184,7 +191,7 @@ class DatabaseManager:
         replicas = [
             Replica(
                 f"replica-{i}",
-                discard_closed_on_checkout(
+                harden_engine(
                     create_async_engine(db.replica_sqlalchemy_url(i), **self._engine_kwargs(True))
                 ),
                 redact_url(url),
@@ -306,14 +313,21 @@ class DatabaseManager:
                 yield session
             return
         # While the breaker is open, fail fast (answered 503) instead of queueing on a pool
-        # whose server is down; only connection-level failures count against it.
-        async with self.breaker:
-            session = factory()
+        # whose server is down. Only the engine's own connection-level failures count against
+        # it (see `_is_database_failure`), including a commit that the request layer ran.
+        breaker = self.breaker
+        await breaker.__aenter__()
+        failure: BaseException | None = None
+        session = factory()
+        try:
+            yield session
+            if not read_only and _has_work(session):
+                await session.commit()
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
             try:
-                yield session
-                if not read_only:
-                    await session.commit()
-            finally:
                 if session.sync_session.in_transaction():
                     await finish_shielded(_release(session))
                 else:
@@ -321,6 +335,9 @@ class DatabaseManager:
                     # with no await inside; cancellation cannot cut it short and it needs no
                     # shielded task of its own (most requests end here).
                     await session.close()
+            finally:
+                failure = session.info.pop(COMMIT_FAILURE, None) or failure
+                await breaker.__aexit__(None, failure, None)
 
     @asynccontextmanager
     async def _replica_session(
@@ -391,6 +408,21 @@ class DatabaseManager:
 
     def __repr__(self) -> str:
         return f"DatabaseManager(url={self.safe_url!r}, started={self._engine is not None})"
+
+
+COMMIT_FAILURE = "dualcore.commit_failure"
+"""`session.info` key where a commit run for the session outside `get_session()` (by the request
+layer, as the response starts) leaves its error, so the breaker still sees it."""
+
+
+def _is_database_failure(exc: BaseException) -> bool:
+    return origin_of(exc) == DATABASE and is_transient(exc) and not is_serialization_failure(exc)
+
+
+def _has_work(session: AsyncSession) -> bool:
+    # After the request layer committed, the session is idle: a second commit would be a
+    # no-op that still costs a transaction object and a flush.
+    return session.in_transaction() or bool(session.dirty)
 
 
 def _checked_out(engine: AsyncEngine) -> int:

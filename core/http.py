@@ -7,9 +7,12 @@ frameworks answer the same status, headers and body for the same failure.
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from asyncpg.exceptions import InterfaceError as PgInterfaceError
+from asyncpg.exceptions import PostgresError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,7 +20,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core.errors import ResourceClosedError
-from core.resilience import CircuitOpenError, is_serialization_failure, is_transient
+
+if sys.version_info < (3, 11):  # pragma: no cover - exercised by the 3.10 CI session
+    from exceptiongroup import ExceptionGroup
+from core.resilience import CircuitOpenError, is_serialization_failure, is_transient, origin_of
 
 __all__ = [
     "LIVENESS_BODY",
@@ -51,34 +57,37 @@ def _unavailable(dependency: str, retry_after: float) -> ErrorResponse:
     )
 
 
+DATABASE, REDIS = "database", "redis"
+
 _CONFLICT = ErrorResponse(409, {"detail": "Conflict with the current state of the resource"})
-
-
-def _dependency_of(exc: BaseException) -> str:
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, (RedisError, RedisClusterException)):
-            return "redis"
-        seen = seen.__cause__ or seen.__context__
-    return "database"
 
 
 def error_response_for(exc: BaseException) -> ErrorResponse | None:
     """The response for an error the core knows how to answer, or None to let the framework
     handle it.
 
-    503 + Retry-After: database or Redis unreachable (any transient connection-level error, as
-    `core.resilience.is_transient` classifies it), a pool wait that timed out, an open circuit
-    breaker, a dependency that failed its start-up checks. 409: an integrity violation
+    503 + Retry-After: the database or Redis unreachable (a transient connection-level error
+    raised by their own clients, as `core.resilience.is_transient` classifies it), a pool wait
+    that timed out, an open circuit breaker, a dependency that failed its start-up checks, the
+    cache unable to reach Redis (`CacheUnavailable`: a write before it may have committed, so
+    the client is told to retry rather than that it failed). 409: an integrity violation
     (including a deferred constraint failing at COMMIT) or a serialization failure/deadlock
-    that outlived its retries.
+    that outlived its retries. The same exception types raised by application code (an app's
+    own `FileNotFoundError` or `TimeoutError`) are left to the framework: a 500.
     """
+    from core.cache.errors import CacheUnavailable
     from core.lifespan import DependencyUnavailable
 
+    if isinstance(exc, ExceptionGroup):
+        # Litestar cleans up several generator dependencies at once in a task group: a commit
+        # that fails there arrives wrapped.
+        for inner in exc.exceptions:
+            mapped = error_response_for(inner)
+            if mapped is not None:
+                return mapped
+        return None
     if isinstance(exc, PoolTimeoutError):
-        return _unavailable("database", _RETRY_AFTER_BUSY)
+        return _unavailable(DATABASE, _RETRY_AFTER_BUSY)
     if isinstance(exc, IntegrityError) or is_serialization_failure(exc):
         return _CONFLICT
     if isinstance(exc, CircuitOpenError):
@@ -87,25 +96,42 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
         return _unavailable(exc.dependency, _RETRY_AFTER_DOWN)
     if isinstance(exc, DependencyUnavailable):
         return _unavailable(exc.dependency.lower(), _RETRY_AFTER_DOWN)
-    if is_transient(exc):
-        return _unavailable(_dependency_of(exc), _RETRY_AFTER_DOWN)
+    if isinstance(exc, CacheUnavailable):
+        return _unavailable(REDIS, _RETRY_AFTER_DOWN)
+    dependency = _dependency_of(exc)
+    if dependency is not None and is_transient(exc):
+        return _unavailable(dependency, _RETRY_AFTER_DOWN)
     return None
+
+
+def _dependency_of(exc: BaseException) -> str | None:
+    if isinstance(exc, (RedisError, RedisClusterException)):
+        return REDIS
+    if isinstance(exc, DBAPIError):
+        return DATABASE
+    return origin_of(exc)
 
 
 def handled_exception_types() -> tuple[type[Exception], ...]:
     """The exception classes adapters register handlers for; `error_response_for` decides."""
+    from core.cache.errors import CacheUnavailable
     from core.lifespan import DependencyUnavailable
 
     types: list[type[Exception]] = [
         PoolTimeoutError,
         DBAPIError,
+        # asyncpg's own errors reach the app unwrapped when they happen while connecting.
+        PostgresError,
+        PgInterfaceError,
         RedisConnectionError,
         RedisTimeoutError,
         DependencyUnavailable,
         ResourceClosedError,
+        CacheUnavailable,
         OSError,
         TimeoutError,
         asyncio.TimeoutError,
+        ExceptionGroup,
     ]
     types.append(CircuitOpenError)
     return tuple(types)

@@ -53,7 +53,7 @@ class ReplicaSet:
     """The replicas of one database and the round-robin choice among those that are up.
 
     Give it engines whose pools refuse connections the server closed while idle
-    (`core._pgconn.discard_closed_on_checkout`, as `DatabaseManager` does): then a replica that
+    (`core._pgconn.harden_engine`, as `DatabaseManager` does): then a replica that
     went away fails at connect, where the next one is tried, not in the middle of a session.
     """
 

@@ -11,6 +11,8 @@ from core.resilience.errors import (
     TRANSIENT_SQLSTATES,
     is_serialization_failure,
     is_transient,
+    mark_origin,
+    origin_of,
     sqlstate_of,
 )
 from core.resilience.retry import OnRetry, RetryPolicy, retry, retry_attempts
@@ -26,6 +28,8 @@ __all__ = [
     "StateListener",
     "is_serialization_failure",
     "is_transient",
+    "mark_origin",
+    "origin_of",
     "retry",
     "retry_attempts",
     "sqlstate_of",

@@ -13,6 +13,7 @@ until one link decides. A wrapper whose cause is transient is transient.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Iterator
 
@@ -29,6 +30,8 @@ __all__ = [
     "TRANSIENT_SQLSTATES",
     "is_serialization_failure",
     "is_transient",
+    "mark_origin",
+    "origin_of",
     "sqlstate_of",
 ]
 
@@ -189,3 +192,24 @@ def is_serialization_failure(exc: BaseException) -> bool:
     if not isinstance(exc, Exception):
         return False
     return sqlstate_of(exc) in (SERIALIZATION_FAILURE, DEADLOCK_DETECTED)
+
+
+_ORIGIN = "__dualcore_origin__"
+
+
+def mark_origin(exc: BaseException, dependency: str) -> None:
+    """Record that `exc` was raised by `dependency`'s own client (its connect, execute or
+    commit), so breakers and the HTTP error mapping can tell it from the same exception type
+    raised by application code (an app's `FileNotFoundError` is not the database's)."""
+    # An exception type with __slots__ and no __dict__ cannot carry the mark.
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _ORIGIN, dependency)
+
+
+def origin_of(exc: BaseException) -> str | None:
+    """The dependency that raised `exc` or an error it wraps, as marked by `mark_origin`."""
+    for link in _chain(exc):
+        origin = getattr(link, _ORIGIN, None)
+        if origin is not None:
+            return str(origin)
+    return None

@@ -30,10 +30,13 @@ TTL = 300
 
 
 class BareLifespan(Lifespan):
-    """The core without its HTTP middleware: the adapters wrap the app through `wrap_asgi`."""
+    """The core without its observability middleware (the unit of work stays: it is what makes
+    the sessions commit before the response)."""
 
-    def wrap_asgi(self, app: ASGIApp) -> ASGIApp:
-        return app
+    def wrap_asgi(
+        self, app: ASGIApp, *, observability: bool = True, unit_of_work: bool = True
+    ) -> ASGIApp:
+        return super().wrap_asgi(app, observability=False, unit_of_work=unit_of_work)
 
 
 def _env() -> tuple[str, str, str, str]:

@@ -1,3 +1,97 @@
-"""dualcore: a framework-agnostic async core for PostgreSQL and Redis services."""
+"""dualcore: a framework-agnostic async core for PostgreSQL and Redis services.
+
+The package is the public API, as in the seed design:
+
+    from core import Base, Settings, get_settings, db_manager, redis_manager, lifespan
+
+Names load on first use, so `import core` stays cheap and imports neither SQLAlchemy nor
+redis-py until one of their names is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.cache import Cache, CacheError, CacheUnavailable, cached
+    from core.config import Settings, get_settings
+    from core.database import DatabaseManager, ReadOnlySessionError, db_manager
+    from core.errors import ResourceClosedError
+    from core.health import HealthRegistry, HealthReport
+    from core.lifespan import DependencyUnavailable, Lifespan, combine_lifespans, lifespan
+    from core.models import Base, TimestampMixin, UUIDPrimaryKeyMixin
+    from core.redis_client import RedisManager, redis_manager
+    from core.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy, retry
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "Base": "core.models",
+    "TimestampMixin": "core.models",
+    "UUIDPrimaryKeyMixin": "core.models",
+    "Settings": "core.config",
+    "get_settings": "core.config",
+    "DatabaseManager": "core.database",
+    "ReadOnlySessionError": "core.database",
+    "db_manager": "core.database",
+    "RedisManager": "core.redis_client",
+    "redis_manager": "core.redis_client",
+    "Lifespan": "core.lifespan",
+    "lifespan": "core.lifespan",
+    "combine_lifespans": "core.lifespan",
+    "DependencyUnavailable": "core.lifespan",
+    "Cache": "core.cache",
+    "cached": "core.cache",
+    "CacheError": "core.cache",
+    "CacheUnavailable": "core.cache",
+    "CircuitBreaker": "core.resilience",
+    "CircuitOpenError": "core.resilience",
+    "RetryPolicy": "core.resilience",
+    "retry": "core.resilience",
+    "HealthRegistry": "core.health",
+    "HealthReport": "core.health",
+    "ResourceClosedError": "core.errors",
+}
+
+__all__ = [
+    "Base",
+    "Cache",
+    "CacheError",
+    "CacheUnavailable",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "DatabaseManager",
+    "DependencyUnavailable",
+    "HealthRegistry",
+    "HealthReport",
+    "Lifespan",
+    "ReadOnlySessionError",
+    "RedisManager",
+    "ResourceClosedError",
+    "RetryPolicy",
+    "Settings",
+    "TimestampMixin",
+    "UUIDPrimaryKeyMixin",
+    "__version__",
+    "cached",
+    "combine_lifespans",
+    "db_manager",
+    "get_settings",
+    "lifespan",
+    "redis_manager",
+    "retry",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

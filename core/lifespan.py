@@ -23,6 +23,7 @@ from core.observability import Metrics, ObservabilityMiddleware, observe_engine
 from core.observability.asgi_types import ASGIApp
 from core.redis_client import RedisManager
 from core.resilience import RetryPolicy, is_transient
+from core.unit_of_work import UnitOfWorkMiddleware
 
 __all__ = [
     "DependencyUnavailable",
@@ -187,13 +188,21 @@ class Lifespan:
             self._metrics = Metrics()
         return self._metrics
 
-    def wrap_asgi(self, app: ASGIApp) -> ASGIApp:
-        """`app` inside the observability middleware (request id, access log, metrics)."""
-        if isinstance(app, ObservabilityMiddleware):
-            return app
-        return ObservabilityMiddleware(
-            app, settings=self.settings.observability, metrics=self.metrics
-        )
+    def wrap_asgi(
+        self, app: ASGIApp, *, observability: bool = True, unit_of_work: bool = True
+    ) -> ASGIApp:
+        """`app` inside the core's ASGI layers: the request's unit of work (read-write sessions
+        committed before the response starts) and around it the request id, access log and
+        metrics middleware. Either can be left out (an adapter that adds the unit of work
+        elsewhere, an app that wants no observability)."""
+        wrapped = app
+        if unit_of_work and not isinstance(app, UnitOfWorkMiddleware):
+            wrapped = UnitOfWorkMiddleware(wrapped)
+        if observability and not isinstance(app, ObservabilityMiddleware):
+            wrapped = ObservabilityMiddleware(
+                wrapped, settings=self.settings.observability, metrics=self.metrics
+            )
+        return wrapped
 
     def resources(self) -> list[tuple[str, Resource]]:
         """The named resources in start order."""

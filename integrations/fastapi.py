@@ -4,10 +4,12 @@
     install(app)
 
     @app.get("/users/{user_id}")
-    async def read(user_id: int, db: ReadDbSession) -> ...: ...
+    async def read(user_id: int, db: AsyncSession = Depends(get_db)) -> ...: ...
 
-Sessions are closed with `scope="function"`, so the commit happens before the response is sent:
-a commit that fails becomes an error response, never a 2xx.
+Every read-write session is committed before the response starts, however it is obtained
+(`Depends(get_db)`, the `DbSession` alias, a dependency of your own built on `get_db`): a commit
+that fails becomes an error response (409, 503 or 500), never a 2xx. `install(app)` adds the
+ASGI layer that does it (`core.unit_of_work`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.http import LIVENESS_BODY, error_response_for, handled_exception_types
 from core.lifespan import Lifespan, combine_lifespans, lifespan
+from core.unit_of_work import request_session
 
 __all__ = [
     "DbSession",
@@ -42,9 +45,9 @@ def _core(request: Request) -> Lifespan:
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
-    """A read-write session per request: committed when the endpoint returns, rolled back if
-    it raises."""
-    async with _core(request).db.get_session() as session:
+    """A read-write session per request: committed before the response starts, rolled back if
+    the endpoint raises."""
+    async with request_session(_core(request).db) as session:
         yield session
 
 
@@ -72,8 +75,10 @@ def install(
     metrics: bool = True,
     middleware: bool = True,
 ) -> None:
-    """Wire the core into `app`: state for the dependencies, 503/409 error mapping, liveness
-    and readiness routes, `/metrics` and the observability middleware.
+    """Wire the core into `app`: state for the dependencies, the ASGI layer that commits
+    request sessions before the response, 503/409 error mapping, the health routes
+    (`/health` is the readiness report, as are `/health/ready`; `/health/live`), `/metrics` and
+    the observability middleware (`middleware=False` leaves out only the latter).
 
     Pass the same `core` you gave to `FastAPI(lifespan=...)` (default: the global `lifespan`).
     """
@@ -96,6 +101,7 @@ def install(
         report = await core.health.run()
         return JSONResponse(report.to_dict(), status_code=report.status_code)
 
+    app.add_api_route(health_path, ready, methods=["GET"], include_in_schema=False)
     app.add_api_route(f"{health_path}/live", live, methods=["GET"], include_in_schema=False)
     app.add_api_route(f"{health_path}/ready", ready, methods=["GET"], include_in_schema=False)
 
@@ -109,8 +115,8 @@ def install(
 
         app.add_api_route(obs.metrics_path, metrics_route, methods=["GET"], include_in_schema=False)
 
-    if middleware:
-        # Outside Starlette's own error handling, so the app's 500 handlers still answer and
-        # every response, unmatched paths included, is logged, counted and carries the id.
-        build = app.build_middleware_stack
-        app.build_middleware_stack = lambda: core.wrap_asgi(build())  # type: ignore[method-assign]
+    # Outside Starlette's own error handling, so the app's 500 handlers still answer and every
+    # response, unmatched paths included, is logged, counted and carries the id, and a commit
+    # that fails as the response starts can still replace it.
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: core.wrap_asgi(build(), observability=middleware)  # type: ignore[method-assign]

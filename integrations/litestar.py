@@ -5,8 +5,9 @@
     @get("/users/{user_id:int}")
     async def read(user_id: int, read_session: AsyncSession) -> ...: ...
 
-Dependencies: `db_session` (read-write, committed when the handler returns and before the
-response is sent), `read_session` (read-only) and `redis`.
+Dependencies: `db_session` (read-write, committed before the response starts, rolled back if
+the handler raises), `read_session` (read-only) and `redis`. Routes: `/health` (the readiness
+report, as is `/health/ready`), `/health/live` and `/metrics`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.http import LIVENESS_BODY, error_response_for, handled_exception_types
 from core.lifespan import Lifespan, lifespan
+from core.unit_of_work import UnitOfWorkMiddleware, request_session
 
 __all__ = ["CorePlugin"]
 
@@ -58,14 +60,17 @@ class CorePlugin(InitPluginProtocol):
             # Litestar's app-level middleware runs after routing, so unmatched paths would
             # escape it; wrapping the app's handler sees every request.
             if wrap:
-                app.asgi_handler = core.wrap_asgi(app.asgi_handler)  # type: ignore[arg-type,assignment]
+                app.asgi_handler = core.wrap_asgi(app.asgi_handler, unit_of_work=False)  # type: ignore[arg-type,assignment]
             return core(app)
 
         app_config.lifespan = [*app_config.lifespan, run_core]
+        # Matched routes are all that open sessions, so the unit of work can sit in the app's
+        # own middleware, where it works whether or not the lifespan ran.
+        app_config.middleware = [UnitOfWorkMiddleware, *app_config.middleware]  # type: ignore[list-item]
         app_config.state["dualcore"] = core
 
         async def provide_db_session() -> AsyncIterator[AsyncSession]:
-            async with core.db.get_session() as session:
+            async with request_session(core.db) as session:
                 yield session
 
         async def provide_read_session() -> AsyncIterator[AsyncSession]:
@@ -99,7 +104,7 @@ class CorePlugin(InitPluginProtocol):
         def live() -> dict[str, Any]:
             return LIVENESS_BODY
 
-        @get(f"{self._health_path}/ready", include_in_schema=False)
+        @get([self._health_path, f"{self._health_path}/ready"], include_in_schema=False)
         async def ready() -> Response[dict[str, Any]]:
             report = await core.health.run()
             return Response(report.to_dict(), status_code=report.status_code)

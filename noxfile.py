@@ -34,7 +34,7 @@ def core_only(session: nox.Session) -> None:
     """The core with neither framework installed: it must import and pass on its own."""
     session.install("-e", ".[embedded]", *_group("test"))
     session.env["DUALCORE_TEST_FRAMEWORKS"] = "none"
-    session.run("python", "-c", "import core.database, core.redis_client, core.lifespan")
+    session.run("python", "-c", "import core.database, core.redis_client, core.runtime")
     _pytest(session, "-m", "not slow")
 
 

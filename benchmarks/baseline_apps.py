@@ -21,8 +21,8 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from core.lifespan import Lifespan
 from core.observability.asgi_types import ASGIApp
+from core.runtime import Lifespan
 from examples.users.models import User
 from examples.users.schemas import UserOut
 

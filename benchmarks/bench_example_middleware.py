@@ -38,7 +38,7 @@ from asgi_driver import Driver, app_factories, running
 from baseline_apps import BareLifespan
 from bench_http import ENDPOINTS, prepare, start_servers, stop_servers, wrk
 
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 
 CONCURRENCY = 8
 POOL_SIZE = 3

@@ -42,8 +42,8 @@ def run_demo(*, framework: str, host: str, port: int) -> int:
     import uvicorn
 
     from core.config import get_settings
-    from core.lifespan import Lifespan
     from core.migrations import upgrade_to_head
+    from core.runtime import Lifespan
 
     get_settings.cache_clear()
 

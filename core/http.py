@@ -76,7 +76,7 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
     own `FileNotFoundError` or `TimeoutError`) are left to the framework: a 500.
     """
     from core.cache.errors import CacheUnavailable
-    from core.lifespan import DependencyUnavailable
+    from core.runtime import DependencyUnavailable
 
     if isinstance(exc, ExceptionGroup):
         # Litestar cleans up several generator dependencies at once in a task group: a commit
@@ -115,7 +115,7 @@ def _dependency_of(exc: BaseException) -> str | None:
 def handled_exception_types() -> tuple[type[Exception], ...]:
     """The exception classes adapters register handlers for; `error_response_for` decides."""
     from core.cache.errors import CacheUnavailable
-    from core.lifespan import DependencyUnavailable
+    from core.runtime import DependencyUnavailable
 
     types: list[type[Exception]] = [
         PoolTimeoutError,

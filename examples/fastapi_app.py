@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 
 from core.cache import Cache
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdate
 from integrations.fastapi import DbSession, ReadDbSession, install
 

@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.cache import Cache
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdate
 from integrations.litestar import CorePlugin
 

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.http import LIVENESS_BODY, error_response_for, handled_exception_types
-from core.lifespan import Lifespan, combine_lifespans, lifespan
+from core.runtime import Lifespan, combine_lifespans, lifespan
 from core.unit_of_work import request_session
 
 __all__ = [

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.http import LIVENESS_BODY, error_response_for, handled_exception_types
-from core.lifespan import Lifespan, lifespan
+from core.runtime import Lifespan, lifespan
 from core.unit_of_work import UnitOfWorkMiddleware, request_session
 
 __all__ = ["CorePlugin"]

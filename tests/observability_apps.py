@@ -12,9 +12,9 @@ from typing import Any
 
 import anyio
 
-from core.lifespan import Lifespan
 from core.observability import get_request_id
 from core.observability.stack import MiddlewareSpec
+from core.runtime import Lifespan
 
 APP_LOGGER = "dctest.obs.app"
 

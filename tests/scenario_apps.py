@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 
 
 def build_app(framework: str, core: Lifespan) -> Any:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 from integrations.fastapi import DbSession, get_db, get_redis, install
 from tests.seed_models import UserRepository, write
 

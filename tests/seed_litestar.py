@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 from integrations.litestar import CorePlugin
 from tests.seed_models import UserRepository, write
 

@@ -43,7 +43,7 @@ def test_core_imports_no_web_framework() -> None:
         "core.config",
         "core.database",
         "core.redis_client",
-        "core.lifespan",
+        "core.runtime",
         "core.health",
         "core.models",
         "core._aio",

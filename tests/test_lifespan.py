@@ -18,8 +18,8 @@ from sqlalchemy.pool import NullPool
 
 from core.config import DatabaseSettings, Settings
 from core.database import DatabaseManager
-from core.lifespan import DependencyUnavailable, Lifespan, wait_until_ready
 from core.redis_client import RedisManager
+from core.runtime import DependencyUnavailable, Lifespan, wait_until_ready
 
 pytestmark = pytest.mark.anyio
 

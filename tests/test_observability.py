@@ -24,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import ObservabilitySettings, Settings
 from core.database import DatabaseManager
-from core.lifespan import Lifespan
 from core.observability import (
     ACCESS_LOGGER,
     UNMATCHED,
@@ -39,6 +38,7 @@ from core.observability import (
     observability_middleware,
 )
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 from core.testing import asgi_lifespan
 from tests.conftest import FRAMEWORKS
 from tests.observability_apps import APP_LOGGER, build_app, build_native_app

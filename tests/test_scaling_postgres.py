@@ -34,8 +34,8 @@ from core.embedded import (
     _server_account,
     find_postgres_bin_dir,
 )
-from core.lifespan import Lifespan
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

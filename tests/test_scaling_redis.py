@@ -23,8 +23,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from core.config import Settings
 from core.embedded import EmbeddedRedis, find_redis_server
-from core.lifespan import Lifespan
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -304,7 +304,7 @@ async def test_scaling_sentinel_wrong_password_fails_start_without_leaking_it(
     sentinel_setup: dict[str, Any], database_url: str
 ) -> None:
     from core.database import DatabaseManager
-    from core.lifespan import DependencyUnavailable
+    from core.runtime import DependencyUnavailable
 
     wrong = "not-the-sentinel-pw-5521"
     settings = Settings(

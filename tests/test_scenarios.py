@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
 from core.database import DatabaseManager
-from core.lifespan import Lifespan
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 from tests.conftest import FRAMEWORKS
 from tests.scenario_apps import build_app
 

@@ -35,9 +35,9 @@ from core.config import Settings
 from core.database import DatabaseManager
 from core.embedded import EmbeddedRedis
 from core.http import error_response_for
-from core.lifespan import DependencyUnavailable, Lifespan
 from core.observability import metrics_response
 from core.redis_client import RedisManager
+from core.runtime import DependencyUnavailable, Lifespan
 from core.testing import asgi_lifespan
 from tests.conftest import FRAMEWORKS
 from tests.faultproxy import FaultProxy

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.lifespan import Lifespan
+from core.runtime import Lifespan
 from core.unit_of_work import UnwiredSessionWarning
 from tests.seed_fastapi import build_app
 from tests.seed_models import TAKEN

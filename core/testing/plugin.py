@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.config import Settings
 from core.database import DatabaseManager
-from core.lifespan import Lifespan
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 from core.testing.asgi import asgi_lifespan
 from core.testing.database import (
     SavepointDatabaseManager,

@@ -25,8 +25,8 @@ import httpx
 from core.config import Settings
 from core.database import DatabaseManager
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from core.lifespan import Lifespan
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 from tests.scenario_apps import build_app
 
 __all__ = [

@@ -13,8 +13,8 @@ import pytest
 
 from core.config import Settings
 from core.database import DatabaseManager
-from core.lifespan import DependencyUnavailable, Lifespan
 from core.redis_client import RedisManager
+from core.runtime import DependencyUnavailable, Lifespan
 from tests.conftest import FRAMEWORKS
 from tests.faultproxy import FaultProxy
 from tests.faults.harness import (

@@ -14,8 +14,8 @@ import pytest
 import uvicorn
 
 from core.database import DatabaseManager
-from core.lifespan import Lifespan
 from core.redis_client import RedisManager
+from core.runtime import Lifespan
 from tests.conftest import FRAMEWORKS
 from tests.faults.harness import (
     SLACK,

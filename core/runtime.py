@@ -1,7 +1,9 @@
-"""Start and stop the core's resources around an application's life.
+"""The runtime: the object that owns a service's database, Redis, health, metrics and ASGI
+layers, and starts and stops them around the application's life.
 
-`lifespan` works as `FastAPI(lifespan=lifespan)` and as `Litestar(lifespan=[lifespan])`. Build your
-own with `Lifespan(db=..., redis=...)` to use managers you created.
+`lifespan` (also `from core import lifespan`) works as `FastAPI(lifespan=lifespan)` and as
+`Litestar(lifespan=[lifespan])`. Build your own with `Lifespan(db=..., redis=...)` to use managers
+you created.
 """
 
 from __future__ import annotations

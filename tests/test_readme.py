@@ -110,6 +110,7 @@ def _exercise(code: str, app: Any) -> None:
         ready = client.get("/health/ready")
         assert ready.status_code == 200, ready.text
         assert "x-request-id" in ready.headers
+        assert client.get("/health").json()["status"] == "ok"
         if "/time" in code:
             assert client.get("/time").json()["now"]
         if "/notes" in code:
@@ -231,6 +232,14 @@ def test_shell_commands_are_the_ones_ci_runs() -> None:
     test_command = next(c for c in SHELL if "nox" in c and "bench" not in c)
     assert test_command == "pip install nox uv && nox"
     assert re.search(r"^nox$", ci, re.M), ".ci/run must run the README's test command"
+    # The README's command must pass with nothing but Python: sessions that need a system
+    # binary are opt-in, and CI runs them by name.
+    noxfile = (ROOT / "noxfile.py").read_text()
+    defaults = re.search(r"nox\.options\.sessions = \[(.*?)\]", noxfile, re.S)
+    assert defaults is not None
+    assert "scaling" not in defaults.group(1)
+    assert re.search(r"^nox -s scaling$", ci, re.M)
+    assert "nox -s scaling" in README and "pgbouncer" in README
     assert any(c.startswith("pip install") and "dualcore demo" in c for c in SHELL)
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import anyio
 import pytest
@@ -176,15 +176,36 @@ SENSITIVE = [
     "jwt",
     "otp",
     "passwd",
+    "sid",
+    "bearer",
+    "hmac",
+    "HMAC",
+    "Bearer",
+    "SID",
 ]
 PLAIN = ["page", "q", "limit", "sort", "offset", "name", "lang"]
+# Fragments every key containing them must be masked for, in any case.
+SECRET_WORDS = [
+    "sid",
+    "bearer",
+    "hmac",
+    "signature",
+    "code",
+    "token",
+    "password",
+    "secret",
+    "session",
+    "key",
+    "auth",
+]
 
 
 @given(
     st.lists(
         st.tuples(
             st.one_of(st.sampled_from(SENSITIVE), st.sampled_from(PLAIN)),
-            st.text(min_size=1, max_size=20),
+            # Values holding `name=value` pairs of their own are the nested tests' subject.
+            st.text(st.characters(codec="utf-8", exclude_characters="="), min_size=1, max_size=20),
         ),
         max_size=8,
     )
@@ -208,6 +229,78 @@ def test_mask_query_edge_cases() -> None:
     assert mask_query(b"pass%77ord=x") == "pass%77ord=***"  # decoded before matching
     assert mask_query(b"q=\xff") == "q=\xff"
     assert len(mask_query(b"q=" + b"a" * 5000)) == 1027
+
+
+def _spell(c: str, form: str) -> str:
+    return c if form == "plain" else form.format(ord(c))
+
+
+@st.composite
+def raw_secret_keys(draw: st.DrawFn) -> str:
+    """A raw query key containing a secret word: any case, any affix, characters %-escaped."""
+    word = draw(st.sampled_from(SECRET_WORDS))
+    cased = "".join(c.upper() if draw(st.booleans()) else c for c in word)
+    key = draw(st.sampled_from(["", "x_", "oauth_", "X-", "my", "Amz-"])) + cased
+    key += draw(st.sampled_from(["", "_id", "Value", "-2", "[]", ".v1"]))
+    forms = st.sampled_from(["plain", "plain", "%{:02X}", "%{:02x}"])
+    return "".join(_spell(c, draw(forms)) for c in key)
+
+
+SECRETS = st.text(string.ascii_letters + string.digits, min_size=6, max_size=12).map(
+    "S3CR3T".__add__
+)
+
+
+def _decodings(text: str) -> list[str]:
+    out = [text]
+    for _ in range(4):
+        out.append(unquote_plus(out[-1]))
+    return out
+
+
+@given(raw_secret_keys(), SECRETS, st.sampled_from(PLAIN))
+def test_mask_query_hides_secret_keys_in_any_spelling(key: str, secret: str, plain: str) -> None:
+    masked = mask_query(f"{plain}=1&{key}={secret}&{plain}=2".encode())
+    assert masked == f"{plain}=1&{key}=***&{plain}=2"
+
+
+@given(
+    outer=st.sampled_from(["redirect", "next", "return_to", "url", "continue"]),
+    inner=raw_secret_keys(),
+    secret=SECRETS,
+    separator=st.sampled_from(["?", "?a=1&", "#", "?a=1;", "#state=x&"]),
+    rounds=st.integers(0, 3),
+    plus=st.booleans(),
+)
+def test_mask_query_hides_secrets_in_nested_urls(
+    outer: str, inner: str, secret: str, separator: str, rounds: int, plus: bool
+) -> None:
+    value = f"https://app.example/cb{separator}{inner}={secret}"
+    for _ in range(rounds):
+        value = quote_plus(value, safe="") if plus else quote(value, safe="")
+    masked = mask_query(f"page=2&{outer}={value}&lang=en".encode())
+    assert not any(secret in text for text in _decodings(masked))
+    if rounds or "&" not in separator:  # else the raw `&` makes the inner pair a query pair
+        assert masked == f"page=2&{outer}=***&lang=en"
+
+
+def test_mask_query_keeps_nested_urls_without_secrets() -> None:
+    kept = [
+        b"next=%2Fhome%3Ftab%3D1",
+        b"redirect=https%3A%2F%2Fmonkey.example%2Fcb%3Fpage%3D2",  # only names are matched
+        b"q=a%3Db",
+        b"discount=100%25",
+        b"q=%25%25%25",
+    ]
+    for query in kept:
+        assert mask_query(query) == query.decode()
+
+
+def test_mask_query_masks_values_encoded_too_deep_to_inspect() -> None:
+    value = "https://app.example/cb?page=1"
+    for _ in range(6):
+        value = quote(value, safe="")
+    assert mask_query(f"next={value}".encode()) == "next=***"
 
 
 # --- rendering ----------------------------------------------------------------------------------

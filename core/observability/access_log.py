@@ -21,13 +21,14 @@ __all__ = ["ACCESS_LOGGER", "SENSITIVE_KEY", "AccessLogMiddleware", "AccessLogge
 ACCESS_LOGGER = "dualcore.access"
 
 SENSITIVE_KEY = re.compile(
-    r"pass|pwd|secret|token|key|auth|sig|code|session|cookie|cred|jwt|otp|nonce|salt|private",
+    r"pass|pwd|secret|token|key|auth|sig|code|session|sid|cookie|cred|jwt|otp|nonce|salt"
+    r"|private|bearer|hmac",
     re.IGNORECASE,
 )
-"""Query keys whose values are masked: any key *containing* one of these fragments.
+"""Query keys whose values are masked: any key *containing* one of these fragments, in any case.
 
-Deliberately broad (`key` also masks `monkey`, `code` also masks `zipcode`): a masked harmless
-value costs little, a logged token costs a rotation.
+Deliberately broad (`key` also masks `monkey`, `code` also masks `zipcode`, `sid` also masks
+`side`): a masked harmless value costs little, a logged token costs a rotation.
 """
 
 MASK = "***"
@@ -36,24 +37,50 @@ _lf = logfmt_value
 _MAX_LOGGED = 1024
 
 
+# A name inside a value: what precedes `=` after the start, a `?`, `&`, `;` or `#`.
+_NESTED_NAME = re.compile(r"(?:^|[?&;#])([^?&;#=]*)=")
+_NESTED_ROUNDS = 4
+
+
 @lru_cache(maxsize=1024)
 def _is_sensitive(raw_key: str) -> bool:
     return SENSITIVE_KEY.search(unquote_plus(raw_key)) is not None
 
 
+def _hides_secret(value: str) -> bool:
+    """Whether `value` (e.g. a redirect URL) carries a sensitive `name=...` pair of its own."""
+    for _ in range(_NESTED_ROUNDS):
+        for name in _NESTED_NAME.findall(value):
+            if SENSITIVE_KEY.search(name):
+                return True
+        decoded = unquote_plus(value)
+        if decoded == value:
+            return False
+        value = decoded
+    # Still encoded after several rounds: what it hides cannot be told cheaply, so mask it.
+    return True
+
+
 def mask_query(query_string: bytes) -> str:
     """The query string with values of sensitive-looking keys replaced by `***`.
 
-    Keys and all other values are kept as sent (still percent-encoded); a key without `=` is kept.
-    The result is capped at 1024 characters.
+    A value is also masked whole when it carries a sensitive pair of its own, such as
+    `redirect=https%3A%2F%2Fapp%2Fcb%3Ftoken%3D...` (looked for through up to four rounds of
+    percent-decoding; a value still encoded after that is masked). Keys and all other values are
+    kept as sent (still percent-encoded); a key without `=` is kept. The result is capped at
+    1024 characters.
     """
     if not query_string:
         return ""
     text = query_string[: _MAX_LOGGED * 4].decode("latin-1")
     parts = []
     for part in text.split("&"):
-        key, sep, _value = part.partition("=")
-        parts.append(f"{key}={MASK}" if sep and _is_sensitive(key) else part)
+        key, sep, value = part.partition("=")
+        if sep and (
+            _is_sensitive(key) or (("=" in value or "%" in value) and _hides_secret(value))
+        ):
+            part = f"{key}={MASK}"
+        parts.append(part)
     masked = "&".join(parts)
     return masked if len(masked) <= _MAX_LOGGED else masked[:_MAX_LOGGED] + "..."
 

@@ -23,6 +23,9 @@ is written `!` (never an encoding) because Redis ignores an empty hash tag.
 Text longer than its share keeps a readable head and replaces the tail with `$h` + SHA-256 of the
 whole text (hex; 32 digits for a group, whose share is smaller), so every key, lock keys included,
 fits in `max_key_length` bytes.
+
+Containers nest at most `MAX_KEY_DEPTH` levels inside a key: a deeper part, or one that contains
+itself, is refused with a `TypeError` instead of exhausting the interpreter's stack.
 """
 
 from __future__ import annotations
@@ -35,11 +38,19 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-__all__ = ["Key", "KeySpace", "encode_key", "escape"]
+__all__ = ["MAX_KEY_DEPTH", "Key", "KeySpace", "encode_key", "escape"]
 
 Key = str | tuple[Any, ...]
 """A cache key: one string, or a tuple of parts (str, int, float, bool, None, bytes, UUID, date,
-datetime, Decimal, Enum, and lists, tuples, sets and dicts of those)."""
+datetime, Decimal, Enum, and lists, tuples, sets and dicts of those, nested at most
+`MAX_KEY_DEPTH` levels)."""
+
+MAX_KEY_DEPTH = 32
+"""How many containers deep a key part may nest (`("p", [[1]])` nests 2); real keys use 1 or 2.
+
+Far below Python's recursion limit, so encoding never runs out of stack, even when called from
+deep inside an application; a list or dict that contains itself reaches it after 32 levels.
+"""
 
 _ESCAPED = "%:*?[]\\{}!#$ \x7f" + "".join(chr(c) for c in range(0x20))
 _TABLE: dict[int, str] = {ord(c): f"%{ord(c):02X}" for c in _ESCAPED}
@@ -61,7 +72,14 @@ def escape(text: str) -> str:
     return text.translate(_TABLE)
 
 
-def _tokens(part: Any, out: list[str]) -> None:
+def _too_deep() -> TypeError:
+    return TypeError(
+        f"cache key part nested deeper than {MAX_KEY_DEPTH} levels (MAX_KEY_DEPTH), or "
+        "containing itself; pass a key function that returns flatter parts"
+    )
+
+
+def _tokens(part: Any, out: list[str], depth: int) -> None:
     # Order matters: bool before int, datetime before date, str/int before Enum so that
     # StrEnum/IntEnum members key the same as their plain values.
     if isinstance(part, str):
@@ -90,24 +108,30 @@ def _tokens(part: Any, out: list[str]) -> None:
         # Module names hold no "/" and member names no ".", so this split is unambiguous.
         out.append(f"!e{escape(cls.__module__)}/{escape(cls.__qualname__)}.{escape(part.name)}")
     elif isinstance(part, (list, tuple)):
+        if depth >= MAX_KEY_DEPTH:
+            raise _too_deep()
         out.append(f"!l{len(part)}")
         for item in part:
-            _tokens(item, out)
+            _tokens(item, out, depth + 1)
     elif isinstance(part, (set, frozenset)):
+        if depth >= MAX_KEY_DEPTH:
+            raise _too_deep()
         encoded = []
         for item in part:
             sub: list[str] = []
-            _tokens(item, sub)
+            _tokens(item, sub, depth + 1)
             encoded.append(":".join(sub))
         out.append(f"!s{len(encoded)}")
         out.extend(sorted(encoded))
     elif isinstance(part, Mapping):
+        if depth >= MAX_KEY_DEPTH:
+            raise _too_deep()
         pairs = []
         for k, v in part.items():
             ks: list[str] = []
             vs: list[str] = []
-            _tokens(k, ks)
-            _tokens(v, vs)
+            _tokens(k, ks, depth + 1)
+            _tokens(v, vs, depth + 1)
             pairs.append((":".join(ks), ":".join(vs)))
         out.append(f"!k{len(pairs)}")
         for k_enc, v_enc in sorted(pairs):
@@ -121,7 +145,10 @@ def _tokens(part: Any, out: list[str]) -> None:
 
 
 def encode_key(key: Key) -> str:
-    """The injective, uncapped body for `key` (a string, or a tuple of parts)."""
+    """The injective, uncapped body for `key` (a string, or a tuple of parts).
+
+    Raises `TypeError` for an unsupported part, or one nested deeper than `MAX_KEY_DEPTH`.
+    """
     if type(key) is str:
         return key.translate(_TABLE)
     if not isinstance(key, tuple):
@@ -131,7 +158,7 @@ def encode_key(key: Key) -> str:
         raise ValueError("cache key must have at least one part")
     out: list[str] = []
     for part in key:
-        _tokens(part, out)
+        _tokens(part, out, 0)
     return ":".join(out)
 
 

@@ -7,21 +7,32 @@ The servers are child processes in their own session: `pause()` freezes a server
 children (to provoke hangs in tests), `stop()` never leaves a process behind, and an atexit hook
 stops whatever is still running when the interpreter exits. POSIX only.
 
+They are their owner's alone: each requires a password, generated per data directory and kept
+there (mode 0600), which `url` carries (`safe_url` shows `***`); PostgreSQL uses SCRAM-SHA-256,
+Redis `requirepass`. Started by root, they run as the unprivileged `dualcore` account; when that
+account cannot reach the data directory, the files move to a directory it owns under the
+root-owned `/var/tmp/dualcore-0` and the data directory becomes a link to it. Nothing outside
+the data directory has its permissions changed.
+
 `DATABASE_URL=embedded` / `REDIS_URL=embedded` use `start_embedded()` / `embedded_servers()`:
-data lives under `./.dualcore/` and the port is remembered there, so the URLs survive restarts.
+data lives under `./.dualcore/` (mode 0700) and the port and password are remembered there, so
+the URLs survive restarts.
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import fcntl
-import grp
+import hashlib
+import hmac
 import importlib.util
 import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -29,22 +40,28 @@ import stat
 import subprocess
 import threading
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
+from pydantic import SecretStr
 
 from core.config import Settings
 
 __all__ = [
     "DEFAULT_BASE_DIR",
     "INSTALL_HINT",
+    "PASSWORD_FILE",
     "PORT_FILE",
+    "RELOCATION_ROOT",
+    "SERVER_ACCOUNT",
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedServerError",
@@ -333,48 +350,77 @@ def _url_host(host: str) -> str:
 # --- running as an unprivileged user ---------------------------------------------------------
 
 
+SERVER_ACCOUNT = "dualcore"
+"""The system account the servers run as when started by root (created when missing)."""
+
+
 @lru_cache(maxsize=1)
 def _server_account() -> pwd.struct_passwd | None:
-    """The account PostgreSQL runs as when we are root (it refuses to run as root)."""
+    """The account the servers run as when we are root (PostgreSQL refuses to run as root).
+
+    A dedicated account, never the machine's `postgres`: whoever controls an embedded server
+    must not get the files of the machine's own PostgreSQL with it.
+    """
     if os.geteuid() != 0:
         return None
-    for name in ("postgres", "dualcore"):
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(name)
-            if entry.pw_uid != 0:
-                return entry
+    with contextlib.suppress(KeyError):
+        return _unprivileged(pwd.getpwnam(SERVER_ACCOUNT))
     if shutil.which("useradd"):
-        cmd = ["useradd", "--system", "--user-group", "--no-create-home", "dualcore"]
+        cmd = ["useradd", "--system", "--user-group", "--no-create-home", SERVER_ACCOUNT]
     elif shutil.which("adduser"):
-        cmd = ["adduser", "-S", "-D", "-H", "dualcore"]
+        cmd = ["adduser", "-S", "-D", "-H", SERVER_ACCOUNT]
     else:
         raise EmbeddedServerError(
-            "running as root: PostgreSQL needs an unprivileged user, and neither a `postgres` "
-            "user nor useradd/adduser to create `dualcore` is available"
+            f"running as root: the servers need an unprivileged account, and neither a "
+            f"`{SERVER_ACCOUNT}` user nor useradd/adduser to create it is available"
         )
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     try:
-        return pwd.getpwnam("dualcore")
+        return _unprivileged(pwd.getpwnam(SERVER_ACCOUNT))
     except KeyError:
         raise EmbeddedServerError(
-            f"could not create the system user `dualcore`: {result.stderr.strip()}"
+            f"could not create the system user `{SERVER_ACCOUNT}`: {result.stderr.strip()}"
         ) from None
 
 
-def _ensure_traversable(path: Path, account: pwd.struct_passwd) -> None:
-    """Let `account` reach `path` by adding search (x, not read) permission where missing."""
-    groups = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if account.pw_name in g.gr_mem}
-    for directory in (path, *path.parents):
-        st = directory.stat()
-        if st.st_uid == account.pw_uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            logger.info("allowing %s to traverse %s", account.pw_name, directory)
-            os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+def _unprivileged(account: pwd.struct_passwd) -> pwd.struct_passwd:
+    if account.pw_uid == 0:
+        raise EmbeddedServerError(
+            f"the user `{account.pw_name}` has uid 0; it must be unprivileged"
+        )
+    return account
+
+
+def _permits(st: os.stat_result, account: pwd.struct_passwd, bits: int) -> bool:
+    """Whether `account` (primary group only, as the servers run) has `bits` (rwx as 0o7)."""
+    if st.st_uid == account.pw_uid:
+        return bool(st.st_mode & (bits << 6))
+    if st.st_gid == account.pw_gid:
+        return bool(st.st_mode & (bits << 3))
+    return bool(st.st_mode & bits)
+
+
+def _can_reach(directory: Path, account: pwd.struct_passwd) -> bool:
+    """Whether `account` may search `directory` and every directory above it."""
+    try:
+        return all(_permits(d.stat(), account, 0o1) for d in (directory, *directory.parents))
+    except OSError:
+        return False
+
+
+def _check_runnable(binary: Path, account: pwd.struct_passwd | None) -> None:
+    if account is None:
+        return
+    try:
+        runnable = _can_reach(binary.parent, account) and _permits(binary.stat(), account, 0o1)
+    except OSError:
+        runnable = False
+    if not runnable:
+        raise EmbeddedServerError(
+            f"{binary} cannot be run by the user `{account.pw_name}` the servers run as when "
+            f"started by root (it or a directory above it is private); install the binaries "
+            f"where every user can run them, or start the servers as a non-root user"
+        )
 
 
 def _chown_tree(root: Path, account: pwd.struct_passwd) -> None:
@@ -384,10 +430,187 @@ def _chown_tree(root: Path, account: pwd.struct_passwd) -> None:
             os.lchown(os.path.join(dirpath, name), account.pw_uid, account.pw_gid)
 
 
+def _restrict_tree(root: Path) -> None:
+    """Owner-only permissions (0700 directories, 0600 files) on everything under `root`."""
+    os.chmod(root, 0o700)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
 def _as_account(account: pwd.struct_passwd | None) -> dict[str, Any]:
+    # umask: whatever the server creates (data, dumps, logs) is for its owner only.
     if account is None:
-        return {}
-    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        return {"umask": 0o077}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [], "umask": 0o077}
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if missing and make it 0700; it must be ours."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise EmbeddedServerError(f"{path} belongs to another user (uid {st.st_uid})")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:
+    """Replace `path` atomically with `text`, mode 0600, owned by `account` when given."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if account is not None:
+            os.fchown(fd, account.pw_uid, account.pw_gid)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+# --- where the servers' files live when their account cannot reach the data directory ---------
+#
+# Started by root, a server runs as SERVER_ACCOUNT, which must be able to reach its data
+# directory. When a directory above it is private (/root, a 0700 temporary directory, .dualcore),
+# its files are placed in a directory that account owns, under a root-owned 0711 base, and the
+# data directory becomes a symbolic link to it; nothing outside the data directory is chmod'ed.
+
+RELOCATION_ROOT = Path("/var/tmp")
+_ORIGIN = ".origin"
+
+
+def _relocation_base() -> Path:
+    base = RELOCATION_ROOT / f"dualcore-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o711)
+    st = os.lstat(base)
+    # The parent is world-writable: anyone could have made this name first.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise EmbeddedServerError(
+            f"{base} exists but is not a directory of yours; remove it so that embedded "
+            f"servers can keep their files there"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        os.chmod(base, 0o711)
+    return base
+
+
+def _entry_name(data_dir: Path) -> str:
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", data_dir.name)[:40]
+    digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    return f"{label}-{digest}"
+
+
+def _server_running_in(directory: Path) -> bool:
+    for name in ("postmaster.pid", "redis.pid"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((directory / name).read_text().split()[0])
+            if _pid_alive(pid):
+                return True
+    return False
+
+
+def _collect_orphans(base: Path) -> None:
+    """Remove the files of servers whose data directory link is gone (and that do not run)."""
+    for origin_file in base.glob(f"*{_ORIGIN}"):
+        entry = base / origin_file.name[: -len(_ORIGIN)]
+        try:
+            linked = os.readlink(origin_file.read_text()) == str(entry)
+        except OSError:
+            linked = False
+        if linked or _server_running_in(entry):
+            continue
+        logger.info("removing %s: the data directory linking to it is gone", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+        origin_file.unlink(missing_ok=True)
+
+
+def _relocate(data_dir: Path, account: pwd.struct_passwd) -> None:
+    """Move (or create) `data_dir` under the relocation base and leave a link in its place."""
+    base = _relocation_base()
+    with _file_lock(base / ".lock", 30):
+        _collect_orphans(base)
+        entry = base / _entry_name(data_dir)
+        if entry.exists() or entry.is_symlink():
+            raise EmbeddedServerError(f"cannot place {data_dir} at {entry}: that path is taken")
+        _write_private(base / f"{entry.name}{_ORIGIN}", str(data_dir), None)
+        if data_dir.exists():
+            logger.warning(
+                "moving %s to %s: the user %s it runs as cannot reach it where it is",
+                data_dir,
+                entry,
+                account.pw_name,
+            )
+            # Its owner is left as it was: the server hands the whole tree over to the account.
+            shutil.move(str(data_dir), str(entry))
+        else:
+            entry.mkdir(mode=0o700)
+            os.chown(entry, account.pw_uid, account.pw_gid)
+        os.chmod(entry, 0o700)
+        data_dir.symlink_to(entry, target_is_directory=True)
+
+
+def _remove_data(data_dir: Path) -> None:
+    """Delete `data_dir`, and the relocated files it links to."""
+    if data_dir.is_symlink():
+        target = Path(os.readlink(data_dir))
+        data_dir.unlink()
+        if target.parent == RELOCATION_ROOT / f"dualcore-{os.geteuid()}":
+            shutil.rmtree(target, ignore_errors=True)
+            (target.parent / f"{target.name}{_ORIGIN}").unlink(missing_ok=True)
+    elif data_dir.exists():
+        shutil.rmtree(data_dir)
+
+
+# --- passwords -------------------------------------------------------------------------------
+
+PASSWORD_FILE = "dualcore.password"
+"""The file in a data directory holding the password its server requires (mode 0600)."""
+
+
+def _new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _read_password(data_dir: Path) -> str | None:
+    # The directory belongs to the server account: a link it planted there must not make us
+    # read (and send it as a password) a file only we may read.
+    try:
+        fd = os.open(data_dir / PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        return f.read(4096).decode(errors="replace").strip() or None
+
+
+def _scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677).
+
+    Handing PostgreSQL the verifier instead of the password keeps the password out of any
+    statement it could log.
+    """
+    salt = secrets.token_bytes(16)
+    # PostgreSQL applies SASLprep; NFKC is its core for the passwords people type.
+    secret = unicodedata.normalize("NFKC", password).encode()
+    salted = hashlib.pbkdf2_hmac("sha256", secret, salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 # --- the common server lifecycle -------------------------------------------------------------
@@ -422,11 +645,16 @@ class _Server:
     _stop_signal: int = signal.SIGTERM
     _stop_timeout = 10.0
 
-    def __init__(self, data_dir: Path, *, port: int | None, host: str) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None, host: str, password: str | None
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.host = host
         self._auto_port = port is None
         self._port = port if port is not None else self._stored_port()
+        self._wanted_password = password
+        self._password: str | None = None
+        self._account: pwd.struct_passwd | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._paused = False
@@ -454,6 +682,36 @@ class _Server:
     def log_path(self) -> Path:
         """Where the server's output goes."""
         return self.data_dir / self._log_name
+
+    @property
+    def password(self) -> str | None:
+        """The password the server requires: generated on first start and kept in the data
+        directory (`PASSWORD_FILE`, mode 0600), unless one was given. None before any start."""
+        return self._password or _read_password(self.data_dir)
+
+    @property
+    def url(self) -> str:
+        """The URL to connect with, password included: hand it to a driver, never print it."""
+        password = self.password
+        return self._make_url(quote(password, safe="") if password else None)
+
+    @property
+    def safe_url(self) -> str:
+        """`url` with the password shown as `***`, for people and logs."""
+        return self._make_url("***" if self.password else None)
+
+    @property
+    def bare_url(self) -> str:
+        """The URL without the password (give the driver `password` separately)."""
+        return self._make_url(None)
+
+    def _make_url(self, secret: str | None) -> str:
+        """The URL with `secret` (URL-encoded already) as its password part."""
+        raise NotImplementedError
+
+    def _userinfo(self, user: str, secret: str | None) -> str:
+        password = f":{secret}" if secret else ""
+        return f"{quote(user, safe='')}{password}@" if user or password else ""
 
     @property
     def is_running(self) -> bool:
@@ -485,6 +743,13 @@ class _Server:
                 _kill_all(list(_process_tree(self._pid)), signal.SIGCONT)
             self._paused = False
 
+    def delete(self) -> None:
+        """Stop the server and delete its data directory, wherever its files were placed."""
+        with self._lock:
+            self._halt(self._stop_signal, self._stop_timeout)
+            _remove_data(self.data_dir)
+            self._password = None
+
     async def aclose(self) -> None:
         """Stop from async code, in a worker thread; finishes even if the caller is cancelled."""
         with anyio.CancelScope(shield=True):
@@ -507,15 +772,20 @@ class _Server:
     def _prepare(self, deadline: float) -> None:
         """Make the data directory ready (create, initialise)."""
 
+    def _leftover_pid(self) -> int | None:
+        """The pid an earlier run recorded in `data_dir`, if any."""
+        return None
+
+    def _stdin(self) -> bytes | None:
+        """Configuration the server reads from its standard input (kept out of its argv)."""
+        return None
+
     def _adopt(self, deadline: float) -> bool:
         """Take over a server left running in `data_dir` by an earlier run; True if adopted."""
         return False
 
     def _command(self, port: int) -> list[str]:
         raise NotImplementedError
-
-    def _popen_kwargs(self) -> dict[str, Any]:
-        return {}
 
     def _is_ready(self) -> bool:
         raise NotImplementedError
@@ -527,6 +797,34 @@ class _Server:
         """Tidy up once the server is gone."""
 
     # -- machinery --
+
+    def _place(self, deadline: float) -> None:
+        """Run as the server account: make sure it can reach the data directory, without
+        touching the permissions of anything above it."""
+        self._account = _server_account()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._account is None:
+            return
+        target = self.data_dir.resolve()
+        if _can_reach(target.parent, self._account):
+            return
+        if self.data_dir.is_symlink():
+            raise EmbeddedServerError(
+                f"{self.data_dir} links to {target}, which the user {self._account.pw_name} "
+                f"the server runs as cannot reach"
+            )
+        # Its files are about to move: a server still working on them must stop first.
+        self._stop_leftover(deadline)
+        _relocate(self.data_dir, self._account)
+
+    def _stop_leftover(self, deadline: float) -> None:
+        """Stop a server an earlier run left running in `data_dir`."""
+        pid = self._leftover_pid()
+        if pid is None or not _pid_alive(pid) or not _looks_like(pid, self._program, self.data_dir):
+            return
+        logger.info("stopping the server left running in %s", self.data_dir)
+        self._pid = pid
+        self._terminate(self._stop_signal, max(deadline - time.monotonic(), 1))
 
     def _start(self, timeout: float) -> None:
         with self._lock:
@@ -562,7 +860,12 @@ class _Server:
                 port = self._port = _free_port(self.host)
             self.data_dir.mkdir(parents=True, exist_ok=True)
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            with open(self.log_path, "ab") as log:
+            # No link followed: the directory may belong to the server account.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            fd = os.open(self.log_path, flags, 0o600)
+            # Logs may quote statements and keys: for the owner only, also when made earlier.
+            os.fchmod(fd, 0o600)
+            with open(fd, "ab") as log:
                 self._spawn(port, log)
             try:
                 self._wait_ready(deadline, log_offset)
@@ -577,20 +880,31 @@ class _Server:
         raise EmbeddedServerError(f"{self._program}: no free port after {_START_ATTEMPTS} tries")
 
     def _spawn(self, port: int, log: IO[bytes]) -> None:
-        self._proc = subprocess.Popen(
-            self._command(port),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_child_env(),
-            cwd=self.data_dir,
-            # Own session: a Ctrl-C meant for the caller does not kill the server before it
-            # can be stopped cleanly (the atexit hook does that).
-            start_new_session=True,
-            **self._popen_kwargs(),
-        )
+        config = self._stdin()
+        try:
+            self._proc = subprocess.Popen(
+                self._command(port),
+                stdin=subprocess.DEVNULL if config is None else subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_child_env(),
+                cwd=self.data_dir,
+                # Own session: a Ctrl-C meant for the caller does not kill the server before it
+                # can be stopped cleanly (the atexit hook does that).
+                start_new_session=True,
+                **_as_account(self._account),
+            )
+        except PermissionError as exc:
+            raise EmbeddedServerError(f"cannot run {self._program}: {exc}") from None
         self._pid = self._proc.pid
         self._paused = False
+        if config is not None:
+            assert self._proc.stdin is not None
+            # A server that exits at once closes its end; the log tells why.
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.write(config)
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
 
     def _wait_ready(self, deadline: float, log_offset: int) -> None:
         assert self._proc is not None
@@ -664,17 +978,35 @@ class _Server:
 
     def _store_port(self) -> None:
         with contextlib.suppress(OSError):
-            (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
+            _write_private(self.data_dir / PORT_FILE, f"{self.port}\n", self._account)
+
+    def _settle_password(self) -> bool:
+        """Fix the password for this start; True when it differs from the stored one."""
+        stored = _read_password(self.data_dir)
+        self._password = self._wanted_password or stored or _new_password()
+        return self._password != stored
+
+    def _store_password(self) -> None:
+        assert self._password is not None
+        _write_private(self.data_dir / PASSWORD_FILE, f"{self._password}\n", self._account)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
+
+_HBA = """\
+# Written by dualcore: password (SCRAM) authentication for every connection.
+local all all scram-sha-256
+host all all all scram-sha-256
+host replication all all scram-sha-256
+"""
 
 
 class EmbeddedPostgres(_Server):
     """A real PostgreSQL server in a private data directory on a loopback TCP port.
 
-    The directory is initialised on first start (trust authentication, UTF8, C locale) and
-    kept; starting again reuses it. Runs as an unprivileged account when started by root.
+    The directory is initialised on first start (UTF8, C locale) and kept; starting again
+    reuses it. Every connection must give the password (SCRAM-SHA-256): `url` carries it. Runs
+    as an unprivileged account when started by root.
     """
 
     _program = "postgres"
@@ -690,21 +1022,19 @@ class EmbeddedPostgres(_Server):
         host: str = "127.0.0.1",
         user: str = "postgres",
         database: str = "postgres",
+        password: str | None = None,
         server_settings: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(data_dir, port=port, host=host)
+        super().__init__(data_dir, port=port, host=host, password=password)
         self.user = user
         self.database = database
         self.server_settings = dict(server_settings or {})
         self._bin_dir: Path | None = None
-        self._account: pwd.struct_passwd | None = None
 
-    @property
-    def url(self) -> str:
-        """SQLAlchemy URL (asyncpg driver) of the server."""
-        return (
-            f"postgresql+asyncpg://{self.user}@{_url_host(self.host)}:{self.port}/{self.database}"
-        )
+    def _make_url(self, secret: str | None) -> str:
+        # SQLAlchemy URL, asyncpg driver.
+        userinfo = self._userinfo(self.user, secret)
+        return f"postgresql+asyncpg://{userinfo}{_url_host(self.host)}:{self.port}/{self.database}"
 
     @property
     def bin_dir(self) -> Path:
@@ -726,19 +1056,23 @@ class EmbeddedPostgres(_Server):
     # -- data directory --
 
     def _prepare(self, deadline: float) -> None:
-        self._account = _server_account()
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        if self._account is not None:
-            _ensure_traversable(self.bin_dir, self._account)
-            _ensure_traversable(self.data_dir.parent, self._account)
-        if (self.data_dir / "PG_VERSION").exists():
+        initialised = (self.data_dir / "PG_VERSION").exists()
+        # Checked before anything moves or is created.
+        if initialised:
             self._check_version()
-            if self._account is not None and self.data_dir.stat().st_uid != self._account.pw_uid:
-                _chown_tree(self.data_dir, self._account)
-        else:
+        elif self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise EmbeddedServerError(
+                f"{self.data_dir} is not empty and is not a PostgreSQL data directory"
+            )
+        self._place(deadline)
+        _check_runnable(self.bin_dir / "postgres", self._account)
+        if not initialised:
             self._initdb(deadline)
+        elif self._account is not None and self.data_dir.stat().st_uid != self._account.pw_uid:
+            _chown_tree(self.data_dir, self._account)
         # PostgreSQL refuses a data directory others can read.
         os.chmod(self.data_dir, 0o700)
+        self._require_password(deadline, initialised)
 
     def _check_version(self) -> None:
         made_by = (self.data_dir / "PG_VERSION").read_text().strip()
@@ -750,29 +1084,12 @@ class EmbeddedPostgres(_Server):
                 f"lost) or install PostgreSQL {made_by}"
             )
 
-    def _initdb(self, deadline: float) -> None:
-        if self.data_dir.exists() and any(self.data_dir.iterdir()):
-            raise EmbeddedServerError(
-                f"{self.data_dir} is not empty and is not a PostgreSQL data directory"
-            )
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self._account is not None:
-            os.chown(self.data_dir, self._account.pw_uid, self._account.pw_gid)
-        cmd = [
-            str(self.bin_dir / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "--auth=trust",
-            "-U",
-            self.user,
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]
+    def _run_tool(self, cmd: list[str], deadline: float, what: str, stdin: bytes = b"") -> None:
+        """Run a PostgreSQL program on the data directory as the server account."""
         try:
             result = subprocess.run(
                 cmd,
-                stdin=subprocess.DEVNULL,
+                input=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=_child_env(),
@@ -782,10 +1099,57 @@ class EmbeddedPostgres(_Server):
                 **_as_account(self._account),
             )
         except subprocess.TimeoutExpired:
-            raise EmbeddedServerError(f"initdb of {self.data_dir} timed out") from None
-        if result.returncode != 0:
-            output = result.stdout.decode(errors="replace").strip()
-            raise EmbeddedServerError(f"initdb of {self.data_dir} failed:\n{output}")
+            raise EmbeddedServerError(f"{what} of {self.data_dir} timed out") from None
+        output = result.stdout.decode(errors="replace").strip()
+        if result.returncode != 0 or "\nERROR:" in f"\n{output}":
+            raise EmbeddedServerError(f"{what} of {self.data_dir} failed:\n{output}")
+
+    def _initdb(self, deadline: float) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._account is not None:
+            os.chown(self.data_dir, self._account.pw_uid, self._account.pw_gid)
+        # Trust is only what initdb writes: no server runs before _require_password replaces it.
+        cmd = [
+            str(self.bin_dir / "initdb"),
+            *("-D", str(self.data_dir.resolve()), "-U", self.user),
+            *("--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"),
+        ]
+        self._run_tool(cmd, deadline, "initdb")
+
+    def _require_password(self, deadline: float, initialised: bool) -> None:
+        """Give the role its password and accept nothing but that password (SCRAM).
+
+        Also turns a data directory of an older dualcore (trust authentication, no password
+        file) into a protected one. Done in single-user mode: no server listens meanwhile.
+        """
+        if not self._settle_password():
+            return
+        assert self._password is not None
+        if initialised and _read_password(self.data_dir) is None:
+            logger.warning(
+                "%s accepted every local connection without a password (made by an older "
+                "dualcore): it now requires the password kept in %s",
+                self.data_dir,
+                self.data_dir / PASSWORD_FILE,
+            )
+        # A server left running would hold the directory (and the old password).
+        self._stop_leftover(deadline)
+        role = '"' + self.user.replace('"', '""') + '"'
+        verifier = _scram_verifier(self._password)
+        cmd = [str(self.bin_dir / "postgres"), "--single", "-D", str(self.data_dir.resolve())]
+        cmd += ["-c", "unix_socket_directories=", "-c", "listen_addresses=", "template1"]
+        try:
+            self._run_tool(
+                cmd,
+                deadline,
+                "setting the password",
+                f"ALTER ROLE {role} PASSWORD '{verifier}'\n".encode(),
+            )
+        except EmbeddedServerError as exc:
+            raise EmbeddedServerError(str(exc).replace(verifier, "***")) from None
+        _write_private(self.data_dir / "pg_hba.conf", _HBA, self._account)
+        # Last: a start interrupted before this point sets the password again.
+        self._store_password()
 
     # -- process --
 
@@ -799,19 +1163,20 @@ class EmbeddedPostgres(_Server):
             "fsync": "off",
             **self.server_settings,
         }
-        cmd = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        cmd = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir.resolve())]
         for name, value in settings.items():
             cmd += ["-c", f"{name}={value}"]
         return cmd
-
-    def _popen_kwargs(self) -> dict[str, Any]:
-        return _as_account(self._account)
 
     def _pid_file(self) -> list[str]:
         try:
             return (self.data_dir / "postmaster.pid").read_text().splitlines()
         except OSError:
             return []
+
+    def _leftover_pid(self) -> int | None:
+        lines = self._pid_file()
+        return int(lines[0]) if lines and lines[0].strip().isdigit() else None
 
     def _is_ready(self) -> bool:
         lines = self._pid_file()
@@ -824,11 +1189,8 @@ class EmbeddedPostgres(_Server):
         )
 
     def _adopt(self, deadline: float) -> bool:
-        lines = self._pid_file()
-        if not lines or not lines[0].strip().isdigit():
-            return False
-        pid = int(lines[0])
-        if not _pid_alive(pid):
+        pid = self._leftover_pid()
+        if pid is None or not _pid_alive(pid):
             return False  # stale lock file: PostgreSQL removes it itself
         if not _looks_like(pid, "postgres", self.data_dir):
             # The pid was reused by an unrelated process; PostgreSQL would refuse to start.
@@ -860,10 +1222,12 @@ class EmbeddedPostgres(_Server):
             str(self.bin_dir / "createdb"),
             *("-h", self.host, "-p", str(self.port), "-U", self.user, self.database),
         ]
+        # In the environment, not argv: other users can read a process's argv, not its env.
+        env = {**_child_env(), "PGPASSWORD": self.password or ""}
         result = subprocess.run(
             cmd,
             capture_output=True,
-            env=_child_env(),
+            env=env,
             timeout=max(deadline - time.monotonic(), 5),
             check=False,
         )
@@ -875,8 +1239,17 @@ class EmbeddedPostgres(_Server):
 # --- Redis -----------------------------------------------------------------------------------
 
 
+def _redis_quote(value: str) -> str:
+    """`value` as a Redis configuration argument, whatever characters it holds."""
+    return '"' + "".join(f"\\x{byte:02x}" for byte in value.encode()) + '"'
+
+
 class EmbeddedRedis(_Server):
-    """A real Redis server on a loopback TCP port, working in a private directory."""
+    """A real Redis server on a loopback TCP port, working in a private directory.
+
+    Every client must give the password (`requirepass`): `url` carries it. Runs as an
+    unprivileged account when started by root; its files are for that account only.
+    """
 
     _program = "redis-server"
     _log_name = "redis.log"
@@ -888,16 +1261,16 @@ class EmbeddedRedis(_Server):
         *,
         port: int | None = None,
         host: str = "127.0.0.1",
+        password: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
-        super().__init__(data_dir, port=port, host=host)
+        super().__init__(data_dir, port=port, host=host, password=password)
         self.extra_args = list(extra_args)
         self._binary: Path | None = None
 
-    @property
-    def url(self) -> str:
-        """redis:// URL of the server, database 0."""
-        return f"redis://{_url_host(self.host)}:{self.port}/0"
+    def _make_url(self, secret: str | None) -> str:
+        # Database 0.
+        return f"redis://{self._userinfo('', secret)}{_url_host(self.host)}:{self.port}/0"
 
     def start(self, timeout: float = 10) -> None:
         """Start the server; returns once it answers PING."""
@@ -913,31 +1286,56 @@ class EmbeddedRedis(_Server):
     def _prepare(self, deadline: float) -> None:
         if self._binary is None:
             self._binary = find_redis_server()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._place(deadline)
+        _check_runnable(self._binary, self._account)
+        self.data_dir.mkdir(exist_ok=True, mode=0o700)
+        if self._account is None:
+            _restrict_tree(self.data_dir)
+        elif self.data_dir.stat().st_uid != self._account.pw_uid:
+            # Dumps and append-only files of an older dualcore were readable by everyone.
+            # Restricted while still ours, before the account could swap in links.
+            _restrict_tree(self.data_dir)
+            _chown_tree(self.data_dir, self._account)
+        if self._settle_password():
+            # A server left running knows no password, or another one.
+            self._stop_leftover(deadline)
+            self._store_password()
+
+    def _stdin(self) -> bytes:
+        assert self._password is not None
+        return f"requirepass {_redis_quote(self._password)}\n".encode()
 
     def _command(self, port: int) -> list[str]:
         assert self._binary is not None
         return [
             str(self._binary),
+            "-",  # the rest of the configuration, the password among it, comes on stdin
             *("--port", str(port), "--bind", self.host),
             *("--save", "", "--appendonly", "no"),
-            *("--dir", str(self.data_dir), "--daemonize", "no"),
+            *("--dir", str(self.data_dir.resolve()), "--daemonize", "no"),
             *self.extra_args,
         ]
 
     def _spawn(self, port: int, log: IO[bytes]) -> None:
         super()._spawn(port, log)
-        (self.data_dir / self._pid_name).write_text(f"{self._pid}\n")
+        _write_private(self.data_dir / self._pid_name, f"{self._pid}\n", None)
 
     def _is_ready(self) -> bool:
         return self._pid is not None and _redis_ping(self.host, self.port, 0.25)
 
-    def _adopt(self, deadline: float) -> bool:
+    def _leftover_pid(self) -> int | None:
         try:
-            pid = int((self.data_dir / self._pid_name).read_text().strip())
+            return int((self.data_dir / self._pid_name).read_text().strip())
         except (OSError, ValueError):
-            return False
-        if not _pid_alive(pid) or not _looks_like(pid, "redis-server", self.data_dir):
+            return None
+
+    def _adopt(self, deadline: float) -> bool:
+        pid = self._leftover_pid()
+        if (
+            pid is None
+            or not _pid_alive(pid)
+            or not _looks_like(pid, "redis-server", self.data_dir)
+        ):
             return False
         self._pid = pid
         port = self._stored_port()
@@ -976,7 +1374,9 @@ def _refuse_production(settings: Settings) -> None:
 
 
 def _base_dir(base_dir: Path | None) -> Path:
-    return Path(base_dir if base_dir is not None else Path.cwd() / DEFAULT_BASE_DIR).absolute()
+    """The base directory, created if missing and made private (0700): it holds passwords."""
+    base = Path(base_dir if base_dir is not None else Path.cwd() / DEFAULT_BASE_DIR).absolute()
+    return _private_dir(base)
 
 
 @contextlib.contextmanager
@@ -1018,7 +1418,8 @@ async def start_embedded_postgres(
 ) -> tuple[EmbeddedPostgres, str]:
     """Start (or reuse) the development PostgreSQL under `base_dir/postgres`; return it and its URL.
 
-    Stop it with `await server.aclose()`.
+    The URL carries the password (pass it to the driver, show `redact_url(url)`). Stop the
+    server with `await server.aclose()`.
     """
     _refuse_production(settings)
     base = _base_dir(base_dir)
@@ -1032,7 +1433,8 @@ async def start_embedded_redis(
 ) -> tuple[EmbeddedRedis, str]:
     """Start (or reuse) the development Redis under `base_dir/redis`; return it and its URL.
 
-    Unlike the test servers it keeps its data (append-only file). Stop it with `aclose()`.
+    Unlike the test servers it keeps its data (append-only file). The URL carries the
+    password. Stop the server with `aclose()`.
     """
     _refuse_production(settings)
     base = _base_dir(base_dir)
@@ -1078,6 +1480,10 @@ class EmbeddedServers:
         await self.aclose()
 
 
+def _secret(server: _Server) -> SecretStr | None:
+    return SecretStr(server.password) if server.password is not None else None
+
+
 async def start_embedded(settings: Settings, base_dir: Path | None = None) -> EmbeddedServers:
     """Start the servers whose URL is `embedded`, keeping data under `base_dir`.
 
@@ -1092,12 +1498,17 @@ async def start_embedded(settings: Settings, base_dir: Path | None = None) -> Em
     servers = EmbeddedServers(settings)
     update: dict[str, Any] = {}
     try:
+        # The URLs stay password-free, as settings keep them; the password goes in its field.
         if wants_pg:
-            servers.postgres, url = await start_embedded_postgres(settings, base_dir)
-            update["database"] = settings.database.model_copy(update={"url": url, "password": None})
+            servers.postgres, _url = await start_embedded_postgres(settings, base_dir)
+            update["database"] = settings.database.model_copy(
+                update={"url": servers.postgres.bare_url, "password": _secret(servers.postgres)}
+            )
         if wants_redis:
-            servers.redis, url = await start_embedded_redis(settings, base_dir)
-            update["redis"] = settings.redis.model_copy(update={"url": url, "password": None})
+            servers.redis, _url = await start_embedded_redis(settings, base_dir)
+            update["redis"] = settings.redis.model_copy(
+                update={"url": servers.redis.bare_url, "password": _secret(servers.redis)}
+            )
     except BaseException:
         with contextlib.suppress(Exception):
             await servers.aclose()

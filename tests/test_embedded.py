@@ -67,8 +67,7 @@ def _family(pid: int) -> list[int]:
 
 async def _pg_fetch(server: EmbeddedPostgres, sql: str, wait: float = 5.0) -> object:
     """Run `sql` (one or more statements) on a fresh connection; the value of a single query."""
-    dsn = f"postgresql://{server.user}@127.0.0.1:{server.port}/{server.database}"
-    conn = await asyncpg.connect(dsn, timeout=wait)
+    conn = await asyncpg.connect(server.url.replace("+asyncpg", ""), timeout=wait)
     try:
         if ";" in sql:
             return await conn.execute(sql, timeout=wait)
@@ -81,10 +80,14 @@ def _names(directory: Path) -> set[str]:
     return {entry.name for entry in directory.iterdir()}
 
 
-def _redis(url: str, timeout: float = 2.0) -> aioredis.Redis:
+def _redis(url: str, timeout: float = 2.0, password: str | None = None) -> aioredis.Redis:
     # No retries: a hung server must surface as a timeout, not be retried away.
     return aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        url,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -98,18 +101,36 @@ def _executable(path: Path) -> None:
     path.chmod(0o755)
 
 
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """pytest's `tmp_path`; afterwards the data of the servers made in it is deleted, also
+    where it was moved for the server account to reach it."""
+    yield tmp_path
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        if path.is_symlink():
+            EmbeddedRedis(path).delete()
+
+
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """One PostgreSQL for the module; tests that stop it start it again."""
-    with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg") / "data") as server:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg") / "data")
+    try:
+        server.start()
         yield server
+    finally:
+        server.delete()
 
 
 @pytest.fixture(scope="module")
 def rds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """One Redis for the module; tests that stop it start it again."""
-    with EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis")) as server:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis") / "data")
+    try:
+        server.start()
         yield server
+    finally:
+        server.delete()
 
 
 # --- binaries --------------------------------------------------------------------------------
@@ -202,7 +223,8 @@ def test_any_port_file_content_yields_a_valid_port(
 @pytest.mark.anyio
 async def test_postgres_serves_sqlalchemy_on_a_private_port(pg: EmbeddedPostgres) -> None:
     assert pg.is_running
-    assert pg.url == f"postgresql+asyncpg://postgres@127.0.0.1:{pg.port}/postgres"
+    assert pg.bare_url == f"postgresql+asyncpg://postgres@127.0.0.1:{pg.port}/postgres"
+    assert pg.url == f"postgresql+asyncpg://postgres:{pg.password}@127.0.0.1:{pg.port}/postgres"
     engine = create_async_engine(pg.url)
     try:
         async with engine.connect() as conn:
@@ -320,7 +342,7 @@ def test_stop_rejects_unknown_mode(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_redis_ping_set_get(rds: EmbeddedRedis, key_prefix: str) -> None:
-    assert rds.url == f"redis://127.0.0.1:{rds.port}/0"
+    assert rds.url == f"redis://:{rds.password}@127.0.0.1:{rds.port}/0"
     client = _redis(rds.url)
     try:
         assert await client.ping()
@@ -487,7 +509,9 @@ async def test_embedded_servers_persist_data_and_urls(tmp_path: Path) -> None:
     pids = [*_family(servers.postgres.pid or 0), servers.redis.pid]
     async with servers as effective:
         assert settings.database.is_embedded  # the input is left alone
-        assert effective.database.url == servers.postgres.url
+        assert effective.database.url == servers.postgres.bare_url
+        assert effective.database.password is not None
+        assert effective.database.password.get_secret_value() == servers.postgres.password
         assert effective.database.url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
         assert effective.redis.url.startswith("redis://127.0.0.1:")
         engine = create_async_engine(effective.database.sqlalchemy_url())
@@ -497,7 +521,7 @@ async def test_embedded_servers_persist_data_and_urls(tmp_path: Path) -> None:
                 await conn.execute(text("INSERT INTO notes VALUES ('hello')"))
         finally:
             await engine.dispose()
-        client = _redis(effective.redis.url)
+        client = _redis(servers.redis.url)
         try:
             await client.set("greeting", "hi")
         finally:
@@ -508,13 +532,16 @@ async def test_embedded_servers_persist_data_and_urls(tmp_path: Path) -> None:
     async with embedded_servers(settings, tmp_path) as again:
         assert again.database.url == effective.database.url
         assert again.redis.url == effective.redis.url
+        assert again.database.password == effective.database.password
+        assert again.redis.password == effective.redis.password
         engine = create_async_engine(again.database.sqlalchemy_url())
         try:
             async with engine.connect() as conn:
                 assert (await conn.execute(text("SELECT body FROM notes"))).scalar() == "hello"
         finally:
             await engine.dispose()
-        client = _redis(again.redis.url)
+        assert again.redis.password is not None
+        client = _redis(again.redis.url, password=again.redis.password.get_secret_value())
         try:
             assert await client.get("greeting") == b"hi"
         finally:
@@ -536,8 +563,8 @@ async def test_embedded_servers_reuse_servers_left_running(tmp_path: Path) -> No
         assert (servers.postgres.pid, servers.redis.pid) == (left_pg.pid, left_redis.pid)
         pids = [*_family(servers.postgres.pid or 0), servers.redis.pid]
         async with servers as effective:
-            assert effective.database.url == left_pg.url
-            assert effective.redis.url == left_redis.url
+            assert effective.database.url == left_pg.bare_url
+            assert effective.redis.url == left_redis.bare_url
             assert await _pg_fetch(servers.postgres, "SELECT 1") == 1
         assert [pid for pid in pids if pid and _running(pid)] == []
     finally:

@@ -34,7 +34,8 @@ def _reachable(host: str, port: int) -> bool:
 def testing_server_url(kind: Literal["postgres", "redis"]) -> Iterator[str]:
     """The URL of a real server of `kind` for as long as the block runs:
     DUALCORE_TEST_DATABASE_URL / DUALCORE_TEST_REDIS_URL, else 127.0.0.1:5432 (`test`) /
-    127.0.0.1:6379 when they answer, else an embedded server stopped at the end."""
+    127.0.0.1:6379 when they answer, else an embedded server (password in the URL) deleted at
+    the end."""
     variable, port, local = _SOURCES[kind]
     if url := os.environ.get(variable):
         yield url
@@ -45,10 +46,11 @@ def testing_server_url(kind: Literal["postgres", "redis"]) -> Iterator[str]:
     from core.embedded import EmbeddedPostgres, EmbeddedRedis
 
     server_type = EmbeddedPostgres if kind == "postgres" else EmbeddedRedis
-    # Not under pytest's basetemp: every pytest session that starts makes that tree private
-    # (0700), and an embedded server running as its own account must be able to reach it.
-    with (
-        tempfile.TemporaryDirectory(prefix=f"dualcore-{kind}-", ignore_cleanup_errors=True) as d,
-        server_type(Path(d) / "data") as server,
-    ):
-        yield server.url
+    with tempfile.TemporaryDirectory(prefix=f"dualcore-{kind}-", ignore_cleanup_errors=True) as d:
+        server = server_type(Path(d) / "data")
+        try:
+            server.start()
+            yield server.url
+        finally:
+            # Started by root, the server's files may live outside `d`: delete removes them.
+            server.delete()

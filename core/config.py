@@ -1,8 +1,10 @@
 """Validated settings, read from the environment and `.env`.
 
 Nested groups use `__` as delimiter (`DATABASE__POOL_SIZE=20`); `DATABASE_URL` and `REDIS_URL`
-also work as plain names. Passwords are split out of URLs into `SecretStr` fields at load time, so
-the stored URLs are safe to print and no repr, dump or validation error can reveal a password.
+also work as plain names. Passwords and secret query options (`sslpassword`, `ssl_password`...) are
+split out of URLs into `SecretStr` fields at load time, so the stored URLs are safe to print, and no
+repr, dump or validation error can reveal a secret: errors never echo a URL or a secret they were
+given.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,11 +20,12 @@ from sqlalchemy.engine import URL, make_url
 
 from core.urls import (
     EMBEDDED,
+    SplitURL,
+    is_secret_option,
     is_topology_url,
     normalise_pg_url,
     normalise_redis_url,
     normalise_topology_url,
-    redact_url,
 )
 
 __all__ = [
@@ -67,6 +71,15 @@ class DatabaseSettings(_Group):
     replica_passwords: list[SecretStr | None] = Field(
         default_factory=list, description="per replica; None uses `password`"
     )
+    # Left out of reprs: they would show nothing but masked values.
+    secret_options: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="secret URL query options (sslpassword...), taken out of `url`; JSON object",
+        repr=False,
+    )
+    replica_secret_options: list[dict[str, SecretStr]] = Field(
+        default_factory=list, description="per replica, taken out of its URL", repr=False
+    )
     replica_cooloff: float = Field(
         5.0, gt=0, le=3600, description="seconds a replica that failed to connect is skipped"
     )
@@ -91,14 +104,20 @@ class DatabaseSettings(_Group):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_password(cls, data: Any) -> Any:
+    def _split_secrets(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            data["url"], pw = normalise_pg_url(data.get("url", cls.model_fields["url"].default))
-            if pw is not None and data.get("password") is None:
-                data["password"] = pw
-            data["replica_urls"], data["replica_passwords"] = _split_replicas(
-                data.get("replica_urls", []), data.get("replica_passwords")
+            # An unset URL stays unset: only given ones are read.
+            if "url" in data:
+                _take_secrets(data, normalise_pg_url(data["url"]))
+            (
+                data["replica_urls"],
+                data["replica_passwords"],
+                data["replica_secret_options"],
+            ) = _split_replicas(
+                data.get("replica_urls", []),
+                data.get("replica_passwords"),
+                data.get("replica_secret_options"),
             )
         return data
 
@@ -123,6 +142,19 @@ class DatabaseSettings(_Group):
             target = target.set(password=secret.get_secret_value())
         return target
 
+    def secret_connect_args(self, replica: int | None = None) -> dict[str, Any]:
+        """Arguments for `asyncpg.connect` that carry the secret query options of the URL, or of
+        replica `replica`; merge them into the engine's `connect_args`. They go in a DSN, the
+        only place asyncpg reads `sslpassword` from; the engine's URL never holds them."""
+        if replica is None:
+            options = self.secret_options
+        elif replica < len(self.replica_secret_options):
+            options = self.replica_secret_options[replica]
+        else:
+            options = {}
+        values = {k: v.get_secret_value() for k, v in options.items() if v.get_secret_value()}
+        return {"dsn": "postgresql://?" + urlencode(values)} if values else {}
+
     @property
     def effective_command_timeout(self) -> float | None:
         """Client-side timeout for one statement: bounds a hung server, not only a slow query."""
@@ -137,6 +169,11 @@ class RedisSettings(_Group):
     url: str = "redis://127.0.0.1:6379/0"
     password: SecretStr | None = None
     sentinel_password: SecretStr | None = Field(None, description="for redis+sentinel:// URLs")
+    secret_options: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="secret URL query options (ssl_password...), taken out of `url`; JSON object",
+        repr=False,
+    )
     max_connections: int = Field(50, ge=1, le=10000)
     pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
     socket_timeout: float = Field(2.0, gt=0, le=300)
@@ -147,24 +184,29 @@ class RedisSettings(_Group):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_password(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+    def _split_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url" in data:
             data = dict(data)
-            url = data.get("url", cls.model_fields["url"].default)
+            url = data["url"]
             if isinstance(url, str) and is_topology_url(url):
                 data["url"], pw, sentinel_pw = normalise_topology_url(url)
                 if sentinel_pw is not None and data.get("sentinel_password") is None:
                     data["sentinel_password"] = sentinel_pw
+                if pw is not None and data.get("password") is None:
+                    data["password"] = pw
             else:
-                data["url"], pw = normalise_redis_url(url)
-            if pw is not None and data.get("password") is None:
-                data["password"] = pw
+                _take_secrets(data, normalise_redis_url(url))
         return data
 
     @property
     def is_embedded(self) -> bool:
         """True when the URL asks for an embedded server."""
         return self.url == EMBEDDED
+
+    def secret_connection_kwargs(self) -> dict[str, str]:
+        """The URL's secret query options as keyword arguments for redis-py's `from_url` (the
+        stored URL no longer holds them)."""
+        return {k: v.get_secret_value() for k, v in self.secret_options.items()}
 
 
 class CacheSettings(_Group):
@@ -277,19 +319,21 @@ def get_settings() -> Settings:
 
 # --- secrets in validation errors --------------------------------------------------------------
 
+_HIDDEN = "<hidden>"
 
-def _scrub(value: Any, key: str = "") -> Any:
-    if "password" in key.lower():
+
+def _scrub(value: Any, where: str = "") -> Any:
+    """`value` without secrets or URLs; `where` names the field (or dict key) it was given for."""
+    if is_secret_option(where):
         return "**********"
-    if isinstance(value, str):
-        if "://" in value:
-            return redact_url(value)
-        # Whatever was put where a URL belongs may well be the password itself.
-        return "<hidden>" if "url" in key.lower() else value
     if isinstance(value, dict):
         return {k: _scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_scrub(v, key) for v in value]
+        return [_scrub(v, where) for v in value]
+    # A URL (even a malformed one) may hold a password anywhere; and whatever was put where a URL
+    # belongs may well be the password itself.
+    if isinstance(value, str) and ("url" in where.lower() or "://" in value or "@" in value):
+        return _HIDDEN
     return value
 
 
@@ -297,15 +341,24 @@ def _scrubbed(exc: ValidationError) -> ValidationError:
     details: list[Any] = []
     for err in exc.errors():
         loc = err["loc"]
-        detail: dict[str, Any] = {
-            "type": err["type"],
-            "loc": loc,
-            "input": _scrub(err["input"], str(loc[-1]) if loc else ""),
-        }
+        where = ".".join(str(part) for part in loc if isinstance(part, str))
+        # An unknown key is a typo of something, possibly of a password's name.
+        shown = _HIDDEN if err["type"] == "extra_forbidden" else _scrub(err["input"], where)
+        detail: dict[str, Any] = {"type": err["type"], "loc": loc, "input": shown}
         if "ctx" in err:
             detail["ctx"] = err["ctx"]
         details.append(detail)
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
+
+
+def _take_secrets(data: dict[str, Any], split: SplitURL) -> None:
+    """Store a normalised URL in `data` and its secrets in their fields; given ones win."""
+    data["url"] = split.url
+    if split.password is not None and data.get("password") is None:
+        data["password"] = split.password
+    given = data.get("secret_options")
+    if split.secrets and (given is None or isinstance(given, dict)):
+        data["secret_options"] = {**split.secrets, **(given or {})}
 
 
 # --- replica lists ----------------------------------------------------------------------------
@@ -325,19 +378,30 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
-def _split_replicas(raw_urls: Any, raw_passwords: Any) -> tuple[list[str], list[Any]]:
-    """Normalise replica URLs; a password in a URL wins over the one given for that replica."""
+def _split_replicas(
+    raw_urls: Any, raw_passwords: Any, raw_options: Any
+) -> tuple[list[str], list[Any], list[Any]]:
+    """Normalise replica URLs; a secret in a URL wins over the one given for that replica."""
     urls: list[str] = []
     passwords: list[Any] = []
+    options: list[Any] = []
     for raw in _as_list(raw_urls if raw_urls is not None else []):
-        url, password = normalise_pg_url(raw)
+        url, password, secrets = normalise_pg_url(raw)
         if url == EMBEDDED:
             raise ValueError("a replica URL cannot be 'embedded'")
         urls.append(url)
         passwords.append(password)
+        options.append(secrets)
     given = _as_list(raw_passwords) if raw_passwords else []
     if given:
         if len(given) != len(urls):
             raise ValueError("replica_passwords needs one entry (or null) per replica URL")
         passwords = [p if p is not None else g for p, g in zip(passwords, given, strict=True)]
-    return urls, passwords
+    given = _as_list(raw_options) if raw_options else []
+    if given:
+        if len(given) != len(urls):
+            raise ValueError("replica_secret_options needs one entry per replica URL")
+        options = [
+            {**g, **o} if isinstance(g, dict) else g for o, g in zip(options, given, strict=True)
+        ]
+    return urls, passwords, options

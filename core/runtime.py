@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import anyio
 
@@ -26,6 +27,7 @@ from core.observability.asgi_types import ASGIApp
 from core.redis_client import RedisManager
 from core.resilience import RetryPolicy, is_transient
 from core.unit_of_work import UnitOfWorkMiddleware
+from core.urls import redact_url, redact_urls_in
 
 __all__ = [
     "DependencyUnavailable",
@@ -57,7 +59,8 @@ class DependencyUnavailable(RuntimeError):
 
     def __init__(self, dependency: str, url: str, waited: float, attempts: int, cause: str):
         self.dependency = dependency
-        self.url = url
+        # Redacted again: a resource of the application's own may not hide its password.
+        self.url = url = redact_url(url)
         super().__init__(
             f"{dependency} at {url} is not reachable after {waited:.1f}s "
             f"({attempts} attempt{'s' if attempts != 1 else ''}): {cause}"
@@ -68,8 +71,11 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
-    return text[:300]
+            # Drivers quote URLs and options in their errors, so encoded forms turn up too.
+            forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+            for form in sorted(forms, key=len, reverse=True):
+                text = text.replace(form, "***")
+    return redact_urls_in(text)[:300]
 
 
 def _worth_waiting_for(exc: BaseException) -> bool:

@@ -10,17 +10,19 @@ Sentinel ports default to 26379, cluster ports to 6379. The password in the URL 
 the data nodes (master and replicas, or cluster nodes); a Sentinel that needs its own password takes
 it from `?sentinel_password=`.
 
-Every normaliser returns the URL without its password, and the password apart, so the URL is safe
-to store and print. Errors are `ValueError`s whose messages never contain any part of the input
-beyond a scheme or option name.
+Every normaliser returns the URL without its secrets, and the secrets apart, so the URL is safe to
+store and print: the password, whether in the user part or given as `?password=` (any case), and
+every other secret query option, one whose name contains "password" or "secret" in any case
+(`sslpassword`, `ssl_password`, `client_secret`...). Errors are `ValueError`s whose messages never
+contain any part of the input beyond a scheme or option name.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any, Literal, NamedTuple
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -30,12 +32,15 @@ __all__ = [
     "EMBEDDED",
     "SENTINEL_SCHEME",
     "RedisTopology",
+    "SplitURL",
+    "is_secret_option",
     "is_topology_url",
     "normalise_pg_url",
     "normalise_redis_url",
     "normalise_topology_url",
     "parse_topology_url",
     "redact_url",
+    "redact_urls_in",
 ]
 
 EMBEDDED = "embedded"
@@ -48,24 +53,84 @@ _PG_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 _TOPOLOGY_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379}
 _SERVICE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,29}")
+# A URL in free text (an exception message): up to whitespace, a quote or a parenthesis.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,29}://[^\s'\"<>()]*")
+_ENCODE_IN_PASSWORDS = "percent-encode '@', '/', '?' and '#' in the user name and password"
+
+
+class SplitURL(NamedTuple):
+    """A URL with its secrets taken out."""
+
+    url: str
+    """The URL without password and secret options: safe to store and print."""
+    password: str | None
+    secrets: dict[str, str]
+    """Secret query options by name as written (`sslpassword`, `ssl_password`...)."""
+
+
+def is_secret_option(name: str) -> bool:
+    """True for a URL query option that holds a secret: its name contains "password" or
+    "secret", in any case."""
+    lowered = name.lower()
+    return "password" in lowered or "secret" in lowered
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`; never raises."""
+    """`url` for display: its password and secret query options shown as `***`; never raises.
+
+    A URL whose user part cannot be told from the rest, because an unencoded '/', '?', '#' or '@'
+    in the password ends it early, is shown as its scheme alone; text that is not a URL but looks
+    like the rest of one (`user:password@host`) is not shown at all.
+    """
     try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, sep, _pw = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if sep else f"{user}@{hostport}"
-        query = parts.query
-        if query:
-            pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query)]
-            query = urlencode(pairs, safe="*/")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
+        return _redact(url.strip())
+    except Exception:  # a display helper must never be what fails
         return "<unparseable url>"
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` with every URL in it redacted as `redact_url` does (for exception messages)."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def _redact(url: str) -> str:
+    if "://" not in url:
+        return "<not a URL>" if "@" in url else url
+    scheme, _, rest = url.partition("://")
+    if not _SCHEME.fullmatch(scheme):
+        return "<not a URL>"
+    authority, tail = _split_authority(rest)
+    if "@" in tail:
+        return f"{scheme}://***"
+    if "@" in authority:
+        userinfo, _, hostport = authority.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        authority = f"{user}:***@{hostport}" if colon else f"{user}@{hostport}"
+    # A fragment means nothing to a driver; after an unencoded '#' it would be password text.
+    path, question, query = tail.partition("#")[0].partition("?")
+    if question:
+        query = "&".join(_redact_option(part) for part in query.split("&"))
+    return f"{scheme}://{authority}{path}{question}{query}"
+
+
+def _redact_option(part: str) -> str:
+    name = part.partition("=")[0]
+    return f"{name}=***" if is_secret_option(unquote_plus(name)) else part
+
+
+def _split_authority(rest: str) -> tuple[str, str]:
+    """(authority, path/query/fragment) of what follows "://", split as RFC 3986 does."""
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    end = min(ends) if ends else len(rest)
+    return rest[:end], rest[end:]
+
+
+def _require_encoded_userinfo(raw: str, kind: str) -> None:
+    # An '@' after the host means the user part held an unencoded '/', '?' or '#' (or '@'):
+    # read as URL syntax, the rest of the password would become the port, path or an option.
+    if "@" in _split_authority(raw.partition("://")[2])[1]:
+        raise ValueError(f"{kind} URL has an '@' after its host: {_ENCODE_IN_PASSWORDS}")
 
 
 def _scheme(url: str) -> str:
@@ -80,13 +145,13 @@ def _valid_host(host: str) -> bool:
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
-def normalise_pg_url(raw: Any) -> tuple[str, str | None]:
-    """Normalise to the asyncpg driver; return (url without password, password)."""
+def normalise_pg_url(raw: Any) -> SplitURL:
+    """Validate a PostgreSQL URL and normalise it to the asyncpg driver, secrets taken out."""
     if not isinstance(raw, str):
         raise ValueError("database URL must be a string")
     raw = raw.strip()
     if raw.lower() == EMBEDDED:
-        return EMBEDDED, None
+        return SplitURL(EMBEDDED, None, {})
     # Without "://" the whole value may be a pasted password: never echo it as a "scheme".
     scheme = _scheme(raw)
     if scheme not in _PG_SCHEMES:
@@ -110,39 +175,44 @@ def normalise_pg_url(raw: Any) -> tuple[str, str | None]:
     if port is not None and not 0 < port < 65536:
         raise ValueError("database URL has an invalid port")
     password = url.password
-    # asyncpg also takes `?password=`: move it out so the stored URL stays printable.
-    query = {k: v for k, v in url.query.items() if k != "password"}
-    if password is None and "password" in url.query:
-        value = url.query["password"]
-        password = value if isinstance(value, str) else value[0]
+    query: dict[str, str | tuple[str, ...]] = {}
+    secrets: dict[str, str] = {}
+    for key, value in url.query.items():
+        first = value if isinstance(value, str) else value[0]
+        if key.lower() == "password":
+            # asyncpg also takes `?password=`; the user part wins, as with libpq.
+            password = password if password is not None else first
+        elif is_secret_option(key):
+            secrets[key] = first
+        else:
+            query[key] = value
     url = URL.create("postgresql+asyncpg", url.username, None, url.host, port, url.database, query)
-    return url.render_as_string(hide_password=False), (
-        str(password) if password is not None else None
-    )
+    return SplitURL(url.render_as_string(hide_password=False), password, secrets)
 
 
 # --- Redis ---------------------------------------------------------------------------------------
 
 
-def normalise_redis_url(raw: Any) -> tuple[str, str | None]:
-    """Validate a redis://, rediss:// or unix:// URL; return (url without password, password)."""
+def normalise_redis_url(raw: Any) -> SplitURL:
+    """Validate a redis://, rediss:// or unix:// URL, secrets taken out."""
     if not isinstance(raw, str):
         raise ValueError("Redis URL must be a string")
     raw = raw.strip()
     if raw.lower() == EMBEDDED:
-        return EMBEDDED, None
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError:
-        raise ValueError("Redis URL is not a valid URL (bad port or brackets)") from None
-    scheme = parts.scheme.lower() if "://" in raw else ""
+        return SplitURL(EMBEDDED, None, {})
+    scheme = _scheme(raw)
     if scheme not in _REDIS_SCHEMES:
         shown = scheme if scheme.isalnum() and len(scheme) < 30 else "?"
         raise ValueError(
             f"Redis URL must use redis://, rediss://, unix://, redis+sentinel:// or "
             f"redis+cluster://, got scheme {shown!r}; or set it to 'embedded'"
         )
+    _require_encoded_userinfo(raw, "Redis")
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise ValueError("Redis URL is not a valid URL (bad port or brackets)") from None
     if scheme == "unix":
         if not parts.path:
             raise ValueError("unix:// Redis URL needs a socket path")
@@ -153,11 +223,16 @@ def normalise_redis_url(raw: Any) -> tuple[str, str | None]:
     if port == 0:
         raise ValueError("Redis URL is not a valid URL (bad port or brackets)")
     password = unquote(parts.password) if parts.password is not None else None
-    query = parse_qsl(parts.query, keep_blank_values=True)
     kept = []
-    for key, value in query:
-        if key.lower() == "password":
+    secrets: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        name = key.lower()
+        if name == "password":
             password = password if password is not None else value
+        elif name == "sentinel_password":
+            raise ValueError(f"sentinel_password is for {SENTINEL_SCHEME}:// URLs only")
+        elif is_secret_option(key):
+            secrets[key] = value
         else:
             kept.append((key, value))
     if scheme != "unix" and parts.path not in ("", "/"):
@@ -173,7 +248,7 @@ def normalise_redis_url(raw: Any) -> tuple[str, str | None]:
     if port is not None:
         netloc += f":{port}"
     clean = urlunsplit((scheme, netloc, parts.path, urlencode(kept), ""))
-    return clean, password
+    return SplitURL(clean, password, secrets)
 
 
 # --- Redis Sentinel and Redis Cluster ------------------------------------------------------------
@@ -232,6 +307,7 @@ def parse_topology_url(raw: str) -> tuple[RedisTopology, str | None, str | None]
     scheme = _scheme(raw)
     if scheme not in _TOPOLOGY_PORTS:
         raise ValueError(f"not a {SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}:// URL")
+    _require_encoded_userinfo(raw, "Redis")
     rest = raw.partition("://")[2]
     rest, _, query = rest.partition("?")
     rest = rest.partition("#")[0]

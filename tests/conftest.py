@@ -39,7 +39,12 @@ FRAMEWORKS = _frameworks()
 # parametrised over FRAMEWORKS and need at least one.
 collect_ignore_glob = [f"test_*{f}*.py" for f in ("fastapi", "litestar") if f not in FRAMEWORKS]
 if not FRAMEWORKS:
-    collect_ignore_glob += ["test_scenarios*.py", "test_observability.py", "test_readme*.py"]
+    collect_ignore_glob += [
+        "test_scenarios*.py",
+        "test_observability.py",
+        "test_readme*.py",
+        "test_seed_http.py",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -214,83 +214,86 @@ async def test_the_engines_own_connection_failures_open_the_database_breaker(
 
 # --- through each framework -----------------------------------------------------------------
 
+# Defined only where a framework is installed: the core-only session has neither.
+if FRAMEWORKS:
 
-def _app(framework: str, core: Lifespan, tmp_path: Any) -> Any:
-    async def handler_body(session: Any, fail: str) -> dict[str, str]:
-        await session.execute(text("SELECT 1"))
-        if fail == "file":
-            (tmp_path / "missing").read_text()
-        if fail == "timeout":
-            raise TimeoutError("the app's own deadline")
-        if fail == "cache":
-            await core.redis.cache.delete("k")
-        return {"ok": "yes"}
+    def _app(framework: str, core: Lifespan, tmp_path: Any) -> Any:
+        async def handler_body(session: Any, fail: str) -> dict[str, str]:
+            await session.execute(text("SELECT 1"))
+            if fail == "file":
+                (tmp_path / "missing").read_text()
+            if fail == "timeout":
+                raise TimeoutError("the app's own deadline")
+            if fail == "cache":
+                await core.redis.cache.delete("k")
+            return {"ok": "yes"}
 
-    if framework == "fastapi":
-        from fastapi import FastAPI
+        if framework == "fastapi":
+            from fastapi import FastAPI
 
-        from integrations.fastapi import DbSession, install
+            from integrations.fastapi import DbSession, install
 
-        app = FastAPI()
+            app = FastAPI()
 
-        @app.get("/fail/{fail}")
-        async def fail_route(fail: str, db: DbSession) -> dict[str, str]:
-            return await handler_body(db, fail)
+            @app.get("/fail/{fail}")
+            async def fail_route(fail: str, db: DbSession) -> dict[str, str]:
+                return await handler_body(db, fail)
 
-        install(app, core)
-        return app
+            install(app, core)
+            return app
 
-    from litestar import Litestar, get
-    from litestar.di import NamedDependency
-    from sqlalchemy.ext.asyncio import AsyncSession
+        from litestar import Litestar, get
+        from litestar.di import NamedDependency
+        from sqlalchemy.ext.asyncio import AsyncSession
 
-    from integrations.litestar import CorePlugin
+        from integrations.litestar import CorePlugin
 
-    @get("/fail/{fail:str}")
-    async def fail_route_ls(fail: str, db_session: NamedDependency[AsyncSession]) -> dict[str, str]:
-        return await handler_body(db_session, fail)
+        @get("/fail/{fail:str}")
+        async def fail_route_ls(
+            fail: str, db_session: NamedDependency[AsyncSession]
+        ) -> dict[str, str]:
+            return await handler_body(db_session, fail)
 
-    return Litestar(route_handlers=[fail_route_ls], plugins=[CorePlugin(core)])
+        return Litestar(route_handlers=[fail_route_ls], plugins=[CorePlugin(core)])
 
-
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-async def test_through_http_app_errors_are_500_dependency_errors_503(
-    framework: str,
-    database_url: str,
-    pg_schema: str,
-    key_prefix: str,
-    closed_port: int,
-    tmp_path: Any,
-) -> None:
-    down_redis = f"redis://127.0.0.1:{closed_port}/0"
-    settings = _settings(database_url, down_redis, pg_schema, key_prefix)
-    core = Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings)
-    await core.db.start()
-    try:
-        app = _app(framework, core, tmp_path)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            for _ in range(3):  # past the breaker's threshold
-                for fail in ("file", "timeout"):
-                    r = await client.get(f"/fail/{fail}")
-                    assert r.status_code == 500, (fail, r.text)
-            assert core.db.breaker.state is BreakerState.CLOSED
-            r = await client.get("/fail/cache")
-            assert r.status_code == 503
-            assert r.json()["dependency"] == "redis"
-            assert (await client.get("/fail/none")).status_code == 200
-            # An open breaker: 503 at once, with the breaker's own Retry-After.
-            refused = ConnectionRefusedError("refused")
-            mark_origin(refused, "database")  # as the engine marks its own connect errors
-            for _ in range(2):
-                core.db.breaker.record_failure(refused)
-            r = await client.get("/fail/none")
-            assert r.status_code == 503
-            assert r.json() == {
-                "detail": "Service temporarily unavailable",
-                "dependency": "database",
-            }
-            assert 1 <= int(r.headers["retry-after"]) <= 30
-    finally:
-        await core.db.close()
-        await core.redis.close()
+    @pytest.mark.parametrize("framework", FRAMEWORKS)
+    async def test_through_http_app_errors_are_500_dependency_errors_503(
+        framework: str,
+        database_url: str,
+        pg_schema: str,
+        key_prefix: str,
+        closed_port: int,
+        tmp_path: Any,
+    ) -> None:
+        down_redis = f"redis://127.0.0.1:{closed_port}/0"
+        settings = _settings(database_url, down_redis, pg_schema, key_prefix)
+        core = Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings)
+        await core.db.start()
+        try:
+            app = _app(framework, core, tmp_path)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                for _ in range(3):  # past the breaker's threshold
+                    for fail in ("file", "timeout"):
+                        r = await client.get(f"/fail/{fail}")
+                        assert r.status_code == 500, (fail, r.text)
+                assert core.db.breaker.state is BreakerState.CLOSED
+                r = await client.get("/fail/cache")
+                assert r.status_code == 503
+                assert r.json()["dependency"] == "redis"
+                assert (await client.get("/fail/none")).status_code == 200
+                # An open breaker: 503 at once, with the breaker's own Retry-After.
+                refused = ConnectionRefusedError("refused")
+                mark_origin(refused, "database")  # as the engine marks its own connect errors
+                for _ in range(2):
+                    core.db.breaker.record_failure(refused)
+                r = await client.get("/fail/none")
+                assert r.status_code == 503
+                assert r.json() == {
+                    "detail": "Service temporarily unavailable",
+                    "dependency": "database",
+                }
+                assert 1 <= int(r.headers["retry-after"]) <= 30
+        finally:
+            await core.db.close()
+            await core.redis.close()

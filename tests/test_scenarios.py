@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import text
@@ -149,11 +149,38 @@ async def test_commit_failure_is_409_and_nothing_persisted(
     assert _checked_out(core) == 0
 
 
+async def _wait_until(check: Callable[[], Awaitable[bool]], what: str, bound: float = 20) -> None:
+    """Poll `check` until it holds; the bound only catches a hang, it orders nothing."""
+    try:
+        with anyio.fail_after(bound):
+            while not await check():  # noqa: ASYNC110 - the server's state has no event to wait on
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def _sleeping(core: Lifespan) -> int:
+    """Statements of this app now inside pg_sleep on the server."""
+    async with core.db.read_engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n "
+                "AND state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
+            ),
+            {"n": core.settings.app.name},
+        )
+        return int(result.scalar_one())
+
+
 async def test_cancelled_request_leaves_no_connection(
     client: httpx.AsyncClient, core: Lifespan
 ) -> None:
-    tasks = [asyncio.ensure_future(client.get("/slow", params={"seconds": 5})) for _ in range(3)]
-    await asyncio.sleep(0.5)
+    tasks = [asyncio.ensure_future(client.get("/slow", params={"seconds": 30})) for _ in range(3)]
+
+    async def all_sleeping() -> bool:
+        return await _sleeping(core) == 3
+
+    await _wait_until(all_sleeping, "three requests inside their query")
     assert _checked_out(core) == 3
     for t in tasks:
         t.cancel()
@@ -161,46 +188,60 @@ async def test_cancelled_request_leaves_no_connection(
         with pytest.raises(asyncio.CancelledError):
             await t
     assert _checked_out(core) == 0
-    for _ in range(40):
-        if await _idle_in_transaction(core) == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert await _idle_in_transaction(core) == 0
+
+    async def nothing_left() -> bool:
+        return await _idle_in_transaction(core) == 0 and await _sleeping(core) == 0
+
+    # The server notices the cancelled statements on its own schedule.
+    await _wait_until(nothing_left, "server-side sessions gone")
 
 
-async def test_client_gone_before_response_leaves_no_connection(
+async def test_client_gone_while_the_query_runs_leaves_no_connection(
     framework: str, core: Lifespan
 ) -> None:
     app = build_app(framework, core)
     scope = {
         "type": "http",
-        "asgi": {"version": "3.0"},
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
         "path": "/slow",
         "raw_path": b"/slow",
         "root_path": "",
-        "query_string": b"seconds=0.3",
+        "query_string": b"seconds=1",
         "headers": [(b"host", b"test")],
         "client": ("127.0.0.1", 5000),
         "server": ("test", 80),
         "state": {},
     }
-    disconnected = asyncio.Event()
+    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        await disconnected.wait()
+        # The client hangs up while the request's query is running on the server.
+        async def query_running() -> bool:
+            return await _sleeping(core) == 1
+
+        await _wait_until(query_running, "the request's query running")
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        disconnected.set()
+        sent.append(message)
+        # ASGI 2.4: sending to a client that has gone raises OSError.
         raise OSError("client went away")
 
-    # Each framework reports the failed send its own way; what matters is what is left behind.
-    with contextlib.suppress(Exception):
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - narrowed below
         await app(scope, receive, send)
-    assert disconnected.is_set()
+    # Each framework reports the failed send its own way, always caused by the send's error.
+    chain: list[BaseException] = []
+    link: BaseException | None = raised.value
+    while link is not None and len(chain) < 5:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    assert any(isinstance(e, OSError) and str(e) == "client went away" for e in chain), chain
+    # The one attempt to answer was the handler's own response: no second start was tried.
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert sent[0]["status"] == 200
     assert _checked_out(core) == 0
     assert await _idle_in_transaction(core) == 0
 
@@ -208,6 +249,8 @@ async def test_client_gone_before_response_leaves_no_connection(
 async def test_pool_exhaustion_answers_503_with_retry_after(
     framework: str, database_url: str, redis_url: str, pg_schema: str, key_prefix: str
 ) -> None:
+    pool_timeout = 0.3
+    hold_for = 4.0
     settings = make_settings(
         database_url,
         redis_url,
@@ -215,19 +258,24 @@ async def test_pool_exhaustion_answers_503_with_retry_after(
         key_prefix,
         pool_size=1,
         max_overflow=0,
-        pool_timeout=0.3,
+        pool_timeout=pool_timeout,
     )
     core = Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings)
     async with core:
         app = build_app(framework, core)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            hold = asyncio.ensure_future(c.get("/slow", params={"seconds": 1}))
-            await asyncio.sleep(0.2)
+            hold = asyncio.ensure_future(c.get("/slow", params={"seconds": hold_for}))
+
+            async def holding() -> bool:
+                return await _sleeping(core) == 1
+
+            await _wait_until(holding, "the only connection held")
             loop = asyncio.get_running_loop()
             started = loop.time()
             busy = await c.get("/slow", params={"seconds": 0})
-            assert loop.time() - started < 1.0
+            # Refused after the pool wait, not after the holder let go.
+            assert loop.time() - started < hold_for / 2
             assert busy.status_code == 503
             assert busy.headers["retry-after"] == "1"
             assert busy.json()["dependency"] == "database"
@@ -291,16 +339,20 @@ async def test_readiness_follows_a_private_redis(
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
                 assert (await c.get("/health/ready")).status_code == 200
                 await asyncio.to_thread(server.stop)
+
+                async def reports(status: int) -> bool:
+                    return (await c.get("/health/ready")).status_code == status
+
+                # A report is reused for a moment (health coalescing), so the change shows
+                # within that moment plus one run of the checks.
+                await _wait_until(lambda: reports(503), "readiness reports Redis down")
                 down = await c.get("/health/ready")
                 assert down.status_code == 503
                 checks = down.json()["checks"]
                 assert checks["redis"]["status"] in ("fail", "timeout")
                 assert checks["postgresql"]["status"] == "ok"
                 await asyncio.to_thread(server.start)
-                for _ in range(50):
-                    if (await c.get("/health/ready")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.1)
+                await _wait_until(lambda: reports(200), "readiness reports Redis back")
                 assert (await c.get("/health/ready")).status_code == 200
 
 

@@ -4,7 +4,7 @@ Nested groups use `__` as delimiter (`DATABASE__POOL_SIZE=20`); `DATABASE_URL` a
 also work as plain names. Passwords and secret query options (`sslpassword`, `ssl_password`...) are
 split out of URLs into `SecretStr` fields at load time, so the stored URLs are safe to print, and no
 repr, dump or validation error can reveal a secret: errors never echo a URL or a secret they were
-given.
+given. In production both URLs must be set; the local defaults are for development.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ class AppSettings(_Group):
 
     name: str = Field("dualcore", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
     environment: Environment = "development"
-    debug: bool = False
     startup_timeout: float = Field(30.0, gt=0, le=600, description="total wait for dependencies")
     shutdown_timeout: float = Field(10.0, gt=0, le=600)
 
@@ -107,7 +106,7 @@ class DatabaseSettings(_Group):
     def _split_secrets(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            # An unset URL stays unset: only given ones are read.
+            # An unset URL stays unset (production refuses the default): only given ones are read.
             if "url" in data:
                 _take_secrets(data, normalise_pg_url(data["url"]))
             (
@@ -295,14 +294,24 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _embedded_not_in_production(self) -> Settings:
-        if self.app.environment == "production":
-            for group in (self.database, self.redis):
-                if group.is_embedded:
-                    raise ValueError(
-                        "embedded servers are for development and tests only; "
-                        "set DATABASE_URL and REDIS_URL to real servers in production"
-                    )
+    def _real_servers_in_production(self) -> Settings:
+        if self.app.environment != "production":
+            return self
+        problems = []
+        for name, group in (("DATABASE_URL", self.database), ("REDIS_URL", self.redis)):
+            if group.is_embedded:
+                problems.append(
+                    f"{name} is 'embedded': embedded servers are for development and tests only"
+                )
+            elif "url" not in group.model_fields_set:
+                problems.append(
+                    f"{name} is not set: the default {group.url} is for development only"
+                )
+        if problems:
+            raise ValueError(
+                "production needs DATABASE_URL and REDIS_URL set to real servers; "
+                + "; ".join(problems)
+            )
         return self
 
     @property

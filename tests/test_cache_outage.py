@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,18 @@ from redis.exceptions import RedisClusterException
 from core.cache import Cache, CacheUnavailable
 from core.config import CacheSettings
 from core.embedded import EmbeddedRedis
-from core.resilience import CircuitBreaker
+from core.resilience import BreakerState, CircuitBreaker
 
 pytestmark = pytest.mark.anyio
 
-TIMEOUT = 0.2
-# A call that fails open: one bounded lookup, then the (instant) loader; the rest is slack for a
-# loaded CI machine.
-BOUND = TIMEOUT + 0.3
+# Long enough that a healthy server answers within it on a busy machine.
+TIMEOUT = 0.5
+# Room for the event loop on a busy machine (two cores shared with other work). Without the
+# cache's own bound, a call to a hung server would wait for redis-py's socket timeout (5 s by
+# default), and retry.
+SLACK = 0.6
+# A call that fails open: one bounded lookup, then the (instant) loader.
+BOUND = TIMEOUT + SLACK
 
 
 @pytest.fixture
@@ -44,8 +48,8 @@ async def client(server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
         await c.aclose()
 
 
-def make(client: aioredis.Redis, **kw: Any) -> Cache:
-    settings = CacheSettings.model_validate({"operation_timeout": TIMEOUT, "lock_wait": 0.5})
+def make(client: aioredis.Redis, timeout: float = TIMEOUT, **kw: Any) -> Cache:
+    settings = CacheSettings.model_validate({"operation_timeout": timeout, "lock_wait": 0.5})
     return Cache(client, prefix="outage:", settings=settings, **kw)
 
 
@@ -73,11 +77,20 @@ async def _until_cached_again(cache: Cache) -> None:
             await anyio.sleep(0.05)
 
 
-async def _fails_open(cache: Cache, load: Counter, key: str) -> None:
+async def _until(check: Callable[[], bool]) -> None:
+    """Poll `check` until it holds; fail after 5 seconds."""
+    with anyio.fail_after(5):
+        while True:
+            if check():
+                return
+            await anyio.sleep(0.005)
+
+
+async def _fails_open(cache: Cache, load: Counter, key: str, bound: float = BOUND) -> None:
     before = cache.stats.errors + cache.stats.bypassed
     value, elapsed = await _timed(cache.get_or_set(key, load, 60))
     assert value == load.calls  # the loader's fresh value, never the old cached one
-    assert elapsed < BOUND
+    assert elapsed < bound
     assert cache.stats.errors + cache.stats.bypassed > before
 
 
@@ -144,23 +157,27 @@ async def test_a_hung_redis_is_bounded_by_the_operation_timeout(
 async def test_an_open_breaker_skips_redis_entirely(
     server: EmbeddedRedis, client: aioredis.Redis
 ) -> None:
-    breaker = CircuitBreaker("redis", failure_threshold=2, reset_timeout=0.5)
-    cache = make(client, breaker=breaker)
+    # A timeout long enough that a skip is told apart from a wait however busy the machine, and
+    # a reset timeout that outlasts the five skips below, each bounded by a quarter of it.
+    timeout = 1.0
+    breaker = CircuitBreaker("redis", failure_threshold=2, reset_timeout=2.0)
+    cache = make(client, timeout, breaker=breaker)
     load = Counter()
     assert await cache.get_or_set("k", load, 60) == 1
 
     server.pause()
     try:
-        await _fails_open(cache, load, "k")
-        await _fails_open(cache, load, "k")
-        assert breaker.state.value == "open"
-        errors = cache.stats.errors
+        await _fails_open(cache, load, "k", timeout + SLACK)
+        await _fails_open(cache, load, "k", timeout + SLACK)
+        assert breaker.state is BreakerState.OPEN
+        errors, bypassed = cache.stats.errors, cache.stats.bypassed
         for _ in range(5):
             value, elapsed = await _timed(cache.get_or_set("k", load, 60))
             assert value == load.calls
-            assert elapsed < TIMEOUT / 2  # skipped, not waited for
-        assert cache.stats.errors == errors
-        assert cache.stats.bypassed >= 5
+            assert elapsed < timeout / 4  # skipped, not waited for
+        assert breaker.state is BreakerState.OPEN
+        assert cache.stats.errors == errors  # no call reached the hung server
+        assert cache.stats.bypassed >= bypassed + 5
         with pytest.raises(CacheUnavailable, match="breaker"):
             await cache.delete("k")
     finally:
@@ -174,18 +191,25 @@ async def test_a_cancelled_call_settles_its_breaker_permit(
     server: EmbeddedRedis, client: aioredis.Redis
 ) -> None:
     breaker = CircuitBreaker("redis", failure_threshold=1, reset_timeout=0.05)
-    cache = make(client, breaker=breaker)
+    # The probe must still be waiting on the hung server when it is cancelled.
+    cache = make(client, timeout=30, breaker=breaker)
+    opener = make(client, breaker=breaker)
     server.pause()
     try:
-        assert await cache.get("k", "d") == "d"  # opens the breaker
-        await anyio.sleep(0.06)  # half-open: the next call is the single probe
-        with anyio.move_on_after(0.02):
-            await cache.get("k")  # the probe is cancelled mid-call
+        assert await opener.get("k", "d") == "d"  # times out and opens the breaker
+        assert breaker.state is BreakerState.OPEN
+        await _until(lambda: breaker.state is BreakerState.HALF_OPEN)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cache.get, "k")  # the single probe, waiting on the paused server
+            await _until(lambda: breaker.snapshot().probes_in_flight == 1)
+            tg.cancel_scope.cancel()
+        assert breaker.snapshot().probes_in_flight == 0
+        assert breaker.state is BreakerState.HALF_OPEN
     finally:
         server.resume()
     # The cancelled probe released its slot: a new probe is admitted and closes the breaker.
     await _until_cached_again(cache)
-    assert breaker.state.value == "closed"
+    assert breaker.state is BreakerState.CLOSED
 
 
 async def test_an_unreachable_cluster_fails_open_and_feeds_the_breaker() -> None:

@@ -46,6 +46,7 @@ from core.observability import (
     reset_request_id,
     set_request_id,
 )
+from core.observability.access_log import SENSITIVE_KEY
 from core.observability.formatting import FIELDS_ATTR
 
 ID_CHARS = string.ascii_letters + string.digits + "._:-"
@@ -282,6 +283,32 @@ def test_mask_query_hides_secrets_in_nested_urls(
     assert not any(secret in text for text in _decodings(masked))
     if rounds or "&" not in separator:  # else the raw `&` makes the inner pair a query pair
         assert masked == f"page=2&{outer}=***&lang=en"
+
+
+def _reference_mask(value: str) -> bool:
+    """Whether any of four decoding rounds of `value` shows a sensitive pair, or it is deeper."""
+    for _ in range(4):
+        names = re.findall(r"(?:^|[?&;#])([^?&;#=]*)=", value)
+        if any(SENSITIVE_KEY.search(name) for name in names):
+            return True
+        if unquote_plus(value) == value:
+            return False
+        value = unquote_plus(value)
+    return True
+
+
+# Value fragments from which every decoding path to a `name=` pair can be assembled.
+ENCODING_PIECES = ["token", "sId", "x", "=", "%", "2", "3", "5", "D", "d", "%33", "%44", "%32"]
+ENCODING_PIECES += ["%3D", "%3d", "%253D", "%25", "%2", "?", "%3F", "&", "#", ";", "+"]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(ENCODING_PIECES), max_size=12))
+def test_mask_query_inspects_every_value_that_can_decode_to_a_pair(pieces: list[str]) -> None:
+    value = "".join(pieces)
+    # The cheap checks that skip most values must never skip one the full inspection masks.
+    query = f"q={value.replace('&', '%26')}"
+    assert (mask_query(query.encode()) == "q=***") == _reference_mask(query[2:])
 
 
 def test_mask_query_keeps_nested_urls_without_secrets() -> None:

@@ -50,9 +50,12 @@ def _is_sensitive(raw_key: str) -> bool:
 def _hides_secret(value: str) -> bool:
     """Whether `value` (e.g. a redirect URL) carries a sensitive `name=...` pair of its own."""
     for _ in range(_NESTED_ROUNDS):
-        for name in _NESTED_NAME.findall(value):
-            if SENSITIVE_KEY.search(name):
-                return True
+        if "=" in value:
+            for name in _NESTED_NAME.findall(value):
+                if SENSITIVE_KEY.search(name):
+                    return True
+        elif "%" not in value:
+            return False
         decoded = unquote_plus(value)
         if decoded == value:
             return False
@@ -73,12 +76,13 @@ def mask_query(query_string: bytes) -> str:
     if not query_string:
         return ""
     text = query_string[: _MAX_LOGGED * 4].decode("latin-1")
+    # Decoding yields `=` only from `=`, `%3D` or `%25...` (a further round): other values, most
+    # of them, cannot hold a pair and are not decoded at all.
+    encoded = "%3" in text or "%25" in text
     parts = []
     for part in text.split("&"):
         key, sep, value = part.partition("=")
-        if sep and (
-            _is_sensitive(key) or (("=" in value or "%" in value) and _hides_secret(value))
-        ):
+        if sep and (_is_sensitive(key) or ((encoded or "=" in value) and _hides_secret(value))):
             part = f"{key}={MASK}"
         parts.append(part)
     masked = "&".join(parts)

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from core.cli import build_parser, main
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -23,7 +22,6 @@ from core.testing import create_database, drop_database
 REPO = Path(__file__).resolve().parents[1]
 CANARY_PG = "Canary-Pg-7f3a9c"
 CANARY_REDIS = "Canary-Redis-51be0d"
-SCRAM_HBA = "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,19 +54,10 @@ def password_servers() -> Iterator[tuple[int, int]]:
     # Not under pytest's basetemp: a pytest session starting elsewhere on the machine makes
     # that tree private (0700) while the server's own account still needs to reach it.
     with tempfile.TemporaryDirectory(prefix="dctest-", ignore_cleanup_errors=True) as tmp:
-        yield from _password_servers(Path(tmp))
-
-
-def _password_servers(base: Path) -> Iterator[tuple[int, int]]:
-    hba = base / "hba.conf"
-    hba.write_text(SCRAM_HBA)
-    hba.chmod(0o644)  # read by the server's own account
-    pg = EmbeddedPostgres(base / "pg", server_settings={"hba_file": str(hba)})
-    with pg, EmbeddedRedis(base / "redis") as server:
-        client = redis.Redis(port=server.port, socket_timeout=5)
-        client.config_set("requirepass", "the-right-one")
-        client.close()
-        yield pg.port, server.port
+        base = Path(tmp)
+        pg = EmbeddedPostgres(base / "pg", password="the-right-one")
+        with pg, EmbeddedRedis(base / "redis", password="the-right-one") as server:
+            yield pg.port, server.port
 
 
 def test_check_passes_against_working_servers(

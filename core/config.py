@@ -241,10 +241,19 @@ class ObservabilitySettings(_Group):
     access_log: bool = True
     metrics_enabled: bool = True
     metrics_path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9/_-]*$")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve metrics on this port only, not on the app's"
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", min_length=1, max_length=253, description="address for `metrics_port`"
+    )
     request_id_header: str = Field("X-Request-ID", pattern=r"^[A-Za-z0-9-]+$")
     slow_query_threshold: float = Field(0.5, ge=0, le=3600, description="seconds; 0 disables")
     log_query_parameters: bool = False
     tracing: bool = False
+    health_cache_ttl: float = Field(
+        1.0, ge=0, le=60, description="seconds a readiness report is reused; 0 disables"
+    )
 
 
 class Settings(BaseSettings):

@@ -178,7 +178,7 @@ class Lifespan:
     def health(self) -> HealthRegistry:
         """Readiness checks: PostgreSQL and Redis, plus any added with `health.add(...)`."""
         if self._health is None:
-            registry = HealthRegistry()
+            registry = HealthRegistry(cache_for=self.settings.observability.health_cache_ttl)
             registry.add("postgresql", self.db.ping)
             # Reads fall back to the primary, so a replica being down degrades, never fails.
             for name, probe in getattr(self.db, "replica_checks", list)():
@@ -242,6 +242,7 @@ class Lifespan:
                     self._started.append((name, resource))
                     tg.start_soon(self._start_one, name, resource, timeout, secrets)
             self._observe()
+            await self._serve_metrics()
             for hook in self._on_startup:
                 await hook(self)
         except BaseException as exc:
@@ -283,6 +284,26 @@ class Lifespan:
         breakers = [getattr(r, "breaker", None) for r in (db, redis)]
         if obs.metrics_enabled:
             self.metrics.watch_breaker(*(b for b in breakers if b is not None))
+
+    @property
+    def metrics_on_app(self) -> bool:
+        """Whether the adapters mount the metrics route on the app itself (metrics enabled and
+        no `OBSERVABILITY__METRICS_PORT` of their own)."""
+        obs = self.settings.observability
+        return obs.metrics_enabled and obs.metrics_port is None
+
+    async def _serve_metrics(self) -> None:
+        obs = self.settings.observability
+        if not obs.metrics_enabled or obs.metrics_port is None:
+            return
+        from core.observability.metrics_server import MetricsServer
+
+        server = MetricsServer(
+            self.metrics, host=obs.metrics_host, port=obs.metrics_port, path=obs.metrics_path
+        )
+        await server.start()
+        self._started.append(("metrics server", server))
+        log.info("metrics served at %s", server.safe_url)
 
     async def _close_all(self) -> None:
         while self._unobserve:

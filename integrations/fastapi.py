@@ -106,7 +106,7 @@ def install(
     app.add_api_route(f"{health_path}/ready", ready, methods=["GET"], include_in_schema=False)
 
     obs = core.settings.observability
-    if metrics and obs.metrics_enabled:
+    if metrics and core.metrics_on_app:
         from core.observability import metrics_response
 
         async def metrics_route() -> Response:

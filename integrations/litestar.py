@@ -111,7 +111,7 @@ class CorePlugin(InitPluginProtocol):
 
         handlers: list[Any] = [live, ready]
         obs = core.settings.observability
-        if self._metrics and obs.metrics_enabled:
+        if self._metrics and core.metrics_on_app:
             from core.observability import metrics_response
 
             @get(obs.metrics_path, include_in_schema=False)

@@ -212,6 +212,29 @@ async def test_the_engines_own_connection_failures_open_the_database_breaker(
             pass
 
 
+async def test_loader_errors_never_open_the_redis_breaker(
+    database_url: str, redis_url: str, key_prefix: str, tmp_path: Any
+) -> None:
+    settings = _settings(database_url, redis_url, "public", key_prefix)
+    errors: list[BaseException] = [
+        FileNotFoundError(tmp_path / "missing"),
+        TimeoutError("the loader's own deadline"),
+        aioredis.ConnectionError("another Redis of the app's"),
+    ]
+    async with RedisManager(settings) as redis:
+        for i in range(3):
+            for error in errors:
+
+                async def load(error: BaseException = error) -> int:
+                    raise error
+
+                with pytest.raises(type(error)):
+                    await redis.cache.get_or_set(("loader", i, type(error).__name__), load)
+        snapshot = redis.breaker.snapshot()
+        assert snapshot.state is BreakerState.CLOSED
+        assert snapshot.consecutive_failures == 0
+
+
 # --- through each framework -----------------------------------------------------------------
 
 # Defined only where a framework is installed: the core-only session has neither.

@@ -43,17 +43,21 @@ _NESTED_ROUNDS = 4
 
 
 @lru_cache(maxsize=1024)
+def _is_sensitive_name(name: str) -> bool:
+    return SENSITIVE_KEY.search(name) is not None
+
+
+@lru_cache(maxsize=1024)
 def _is_sensitive(raw_key: str) -> bool:
-    return SENSITIVE_KEY.search(unquote_plus(raw_key)) is not None
+    return _is_sensitive_name(unquote_plus(raw_key))
 
 
 def _hides_secret(value: str) -> bool:
     """Whether `value` (e.g. a redirect URL) carries a sensitive `name=...` pair of its own."""
     for _ in range(_NESTED_ROUNDS):
         if "=" in value:
-            for name in _NESTED_NAME.findall(value):
-                if SENSITIVE_KEY.search(name):
-                    return True
+            if any(map(_is_sensitive_name, _NESTED_NAME.findall(value))):
+                return True
         elif "%" not in value:
             return False
         decoded = unquote_plus(value)

@@ -8,10 +8,6 @@ Names load on first use, so `import core` stays cheap and imports neither SQLAlc
 redis-py until one of their names is asked for.
 """
 
-from __future__ import annotations
-
-import importlib
-
 # Not `typing.TYPE_CHECKING`: importing typing alone would triple the cost of `import core`.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,11 +83,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    # The builtin, not importlib: importing importlib alone would double `import core`'s cost.
+    value = getattr(__import__(home, fromlist=[name]), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

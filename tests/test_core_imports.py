@@ -49,3 +49,40 @@ def test_core_imports_no_web_framework() -> None:
         "core._aio",
     ):
         assert expected in report["modules"]
+
+
+PUBLIC_API = """
+import json, sys
+import core
+cheap = sorted(m for m in ("sqlalchemy", "redis", "pydantic", "asyncpg") if m in sys.modules)
+import core.runtime  # as every adapter does, before the user's own `from core import ...`
+from core import Base, Settings, get_settings, DatabaseManager, db_manager
+from core import RedisManager, redis_manager, lifespan, Lifespan
+missing = [n for n in core.__all__ if getattr(core, n, None) is None]
+print(json.dumps({
+    "cheap": cheap,
+    "missing": missing,
+    "lifespan_is_instance": isinstance(lifespan, Lifespan),
+    "same_managers": lifespan.db is db_manager and lifespan.redis is redis_manager,
+    "base_is_declarative": Base.__name__ == "Base" and hasattr(Base, "metadata"),
+}))
+"""
+
+
+def test_the_package_is_the_public_api() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PUBLIC_API],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # `import core` alone loads none of the heavy libraries: names load on first use.
+    assert report["cheap"] == []
+    assert report["missing"] == []
+    assert report["lifespan_is_instance"]
+    assert report["same_managers"]
+    assert report["base_is_declarative"]

@@ -97,7 +97,7 @@ class DatabaseManager:
     def _sqlalchemy_url(self, read_only: bool) -> URL:
         return self.settings.database.sqlalchemy_url(self.url)
 
-    def _engine_kwargs(self, read_only: bool) -> dict[str, Any]:
+    def _engine_kwargs(self, read_only: bool, replica: int | None = None) -> dict[str, Any]:
         db = self.settings.database
         server_settings = {"application_name": db.application_name or self.settings.app.name}
         # PgBouncer refuses startup parameters it does not track (only application_name of
@@ -115,6 +115,8 @@ class DatabaseManager:
             "command_timeout": db.effective_command_timeout,
             # Read by SQLAlchemy's asyncpg dialect in place of asyncpg.connect.
             "async_creator_fn": shielded_connect,
+            # Secret query options (sslpassword) reach asyncpg here, never through the URL.
+            **db.secret_connect_args(replica),
         }
         if db.pgbouncer:
             # Transaction pooling hands each transaction to any server connection, so a named
@@ -192,7 +194,9 @@ class DatabaseManager:
             Replica(
                 f"replica-{i}",
                 harden_engine(
-                    create_async_engine(db.replica_sqlalchemy_url(i), **self._engine_kwargs(True))
+                    create_async_engine(
+                        db.replica_sqlalchemy_url(i), **self._engine_kwargs(True, replica=i)
+                    )
                 ),
                 redact_url(url),
             )

@@ -91,6 +91,8 @@ class RedisManager:
             retry=retry,
             retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
             client_name=self.settings.app.name,
+            # Secret query options (ssl_password) reach redis-py here, never through the URL.
+            **cfg.secret_connection_kwargs(),
         )
         return Redis(connection_pool=pool)
 

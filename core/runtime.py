@@ -229,11 +229,7 @@ class Lifespan:
 
     async def __aenter__(self) -> Lifespan:
         settings = self.settings
-        secrets = [
-            s.get_secret_value()
-            for s in (settings.database.password, settings.redis.password)
-            if s is not None
-        ]
+        secrets = _secrets_of(settings)
         timeout = settings.app.startup_timeout
         try:
             # Dependencies start concurrently: start-up takes the slowest, not the sum.
@@ -332,6 +328,16 @@ def combine_lifespans(
             yield
 
     return combined
+
+
+def _secrets_of(settings: Settings) -> list[str]:
+    """Every secret value the settings hold, to keep out of start-up errors."""
+    db, redis = settings.database, settings.redis
+    found = [db.password, redis.password, redis.sentinel_password, *db.replica_passwords]
+    found += [*db.secret_options.values(), *redis.secret_options.values()]
+    for options in db.replica_secret_options:
+        found += options.values()
+    return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
 
 def _first_dependency_error(exc: BaseException) -> DependencyUnavailable | None:

@@ -29,8 +29,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
-from redis.asyncio import ConnectionPool
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.cli import main
 from core.config import DatabaseSettings, RedisSettings, Settings
@@ -404,18 +402,18 @@ def client_cert(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def _asyncpg_connect_error(cfg: DatabaseSettings, replica: int | None) -> BaseException:
-    url = cfg.sqlalchemy_url() if replica is None else cfg.replica_sqlalchemy_url(replica)
-    engine = create_async_engine(
-        url, connect_args={**cfg.secret_connect_args(replica), "timeout": 5}
-    )
+async def _asyncpg_connect_error(url: str, replica: int | None) -> BaseException:
+    # Through the manager's own engines, as an application connects.
+    db = DatabaseManager(Settings(_env_file=None, database={"url": url, "replica_urls": [url]}))
+    assert db.replicas is not None
+    engine = db.read_engine if replica is None else list(db.replicas)[replica].engine
     try:
         async with engine.connect():
             pass
     except BaseException as exc:
         return exc
     finally:
-        await engine.dispose()
+        await db.close()
     raise AssertionError("connected to a closed port")
 
 
@@ -431,9 +429,8 @@ def test_asyncpg_receives_sslpassword(
     monkeypatch.setenv("PGSSLCERT", str(cert))
     monkeypatch.setenv("PGSSLKEY", str(key))
     url = f"postgresql://u@127.0.0.1:{closed_port()}/d?ssl=require&sslpassword={passphrase}"
-    cfg = DatabaseSettings(url=url, replica_urls=[url])
-    assert passphrase not in cfg.url
-    error = asyncio.run(_asyncpg_connect_error(cfg, replica))
+    assert passphrase not in DatabaseSettings(url=url).url
+    error = asyncio.run(_asyncpg_connect_error(url, replica))
     if passphrase == KEY_PASSPHRASE:
         # asyncpg decrypted the key and went on to connect, which the closed port refused.
         assert isinstance(error, OSError) and not isinstance(error, ssl.SSLError), error
@@ -444,12 +441,14 @@ def test_asyncpg_receives_sslpassword(
 @pytest.mark.parametrize("passphrase", [KEY_PASSPHRASE, "wrong-passphrase"])
 def test_redis_py_receives_ssl_password(client_cert: tuple[Path, Path], passphrase: str) -> None:
     cert, key = client_cert
-    cfg = RedisSettings(
-        url=f"rediss://127.0.0.1:6380/0?ssl_certfile={cert}&ssl_keyfile={key}"
+    url = (
+        f"rediss://127.0.0.1:6380/0?ssl_certfile={cert}&ssl_keyfile={key}"
         f"&ssl_cert_reqs=none&ssl_password={passphrase}"
     )
-    assert passphrase not in cfg.url
-    pool = ConnectionPool.from_url(cfg.url, **cfg.secret_connection_kwargs())
+    assert passphrase not in RedisSettings(url=url).url
+    # The manager's own pool, as an application connects.
+    manager = RedisManager(Settings(_env_file=None, redis={"url": url}))
+    pool = manager.client.connection_pool
     assert pool.connection_kwargs["ssl_password"] == passphrase
     connection: Any = pool.make_connection()
     if passphrase == KEY_PASSPHRASE:

@@ -51,6 +51,8 @@ def _settings(
         _env_file=None,
         app={"name": app_name, "environment": environment},
         database={**database, **db},
+        # Production refuses the local default; these tests never reach Redis.
+        redis={"url": "redis://127.0.0.1:6379/0"},
     )
 
 

@@ -187,7 +187,7 @@ async def test_4_redis_is_isolated_and_cleaned(dualcore_redis, redis_namespace):
 def test_5_settings_overrides(dualcore_test_settings, settings_override, dualcore_settings):
     assert dualcore_test_settings.cache.default_ttl == 7
     assert dualcore_settings.cache.default_ttl != 7
-    assert settings_override(app={"debug": True}).app.debug is True
+    assert settings_override(app={"shutdown_timeout": 3}).app.shutdown_timeout == 3
     assert dualcore_settings.app.environment == "test"
 """
 

@@ -90,6 +90,7 @@ async def migration_target(config: Config) -> AsyncIterator[MigrationTarget]:
         connect_args: dict[str, Any] = {
             "timeout": cfg.connect_timeout,
             "server_settings": {"application_name": f"{settings.app.name}-migrations"[:63]},
+            **cfg.secret_connect_args(),
         }
         if cfg.pgbouncer:
             connect_args["statement_cache_size"] = 0

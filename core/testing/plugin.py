@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def override_settings(base: Settings, **groups: dict[str, Any]) -> Settings:
     """A validated copy of `base` with some fields of some groups changed:
-    `override_settings(s, cache={"enabled": False}, app={"debug": True})`."""
+    `override_settings(s, cache={"enabled": False}, app={"shutdown_timeout": 3})`."""
     update: dict[str, Any] = {}
     for name, changes in groups.items():
         current = getattr(base, name, None)

@@ -149,6 +149,40 @@ async def test_an_early_refresh_is_skipped_while_another_process_refreshes(
     assert await redis_client.exists(lock_key) == 0
 
 
+async def test_a_caller_cancelled_while_taking_the_refresh_lock_leaves_no_lock_behind(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    cache = make(redis_client, key_prefix)
+    lock_key = cache.keys.lock_key(cache.keys.body("k"))
+    await _due_for_early_refresh(redis_client, cache, "k", "current")
+    real_acquire = cache._acquire
+    taken, answer = anyio.Event(), anyio.Event()
+
+    async def acquire_answered_late(lkey: str) -> str | None:
+        # The lock is set on the server; its reply is still on the way back.
+        token = await real_acquire(lkey)
+        taken.set()
+        await answer.wait()
+        return token
+
+    cache._acquire = acquire_answered_late  # type: ignore[method-assign]
+    with anyio.fail_after(10):
+        caller = asyncio.ensure_future(cache.get_or_set("k", _const("refreshed"), 60))
+        await taken.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        answer.set()
+        await _until_async(lambda: _flights_done(cache))
+    # The refresh went on in its own task and released its lock: nothing blocks the next one.
+    assert await redis_client.exists(lock_key) == 0
+    assert await cache.get("k") == "refreshed"
+
+
+async def _flights_done(cache: Cache) -> bool:
+    return not cache._flights
+
+
 # --- a cancelled leading reader ----------------------------------------------------------------
 
 

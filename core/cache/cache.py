@@ -394,20 +394,33 @@ class Cache:
         """Refresh a still valid entry if nobody else is; everyone else keeps the current value."""
         if vkey in self._flights:
             return current
+        flight = self._start(
+            vkey,
+            lambda f: self._early_fill(f, body, vkey, gkey, loader, ttl, current, version),
+            early=True,
+        )
+        return await asyncio.shield(flight.task)
+
+    async def _early_fill(
+        self,
+        flight: _Flight,
+        body: str,
+        vkey: str,
+        gkey: str | None,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float,
+        current: T,
+        version: bytes | None,
+    ) -> T:
+        # The lock is taken inside the flight's own task: a caller cancelled while SET NX is on
+        # the wire cannot leave a lock behind that nobody holds (it would block every
+        # process's refresh of this key until the lock's TTL ran out).
         lkey = self.keys.lock_key(body)
         token = await self._acquire(lkey)
         if token is None or token == _HELD:
             return current
-        if vkey in self._flights:
-            await self._unlock(lkey, token)
-            return current
         self._count("early_refreshes")
-        flight = self._start(
-            vkey,
-            lambda f: self._fill(f, vkey, body, gkey, loader, ttl, None, version, True, token),
-            early=True,
-        )
-        return await asyncio.shield(flight.task)
+        return await self._fill(flight, vkey, body, gkey, loader, ttl, None, version, True, token)
 
     async def _fill(
         self,

@@ -26,7 +26,7 @@ from core.observability import Metrics, ObservabilityMiddleware, observe_engine
 from core.observability.asgi_types import ASGIApp
 from core.redis_client import RedisManager
 from core.resilience import RetryPolicy, is_transient
-from core.unit_of_work import UnitOfWorkMiddleware
+from core.unit_of_work import UnitOfWorkMiddleware, warn_unwired
 from core.urls import redact_url, redact_urls_in
 
 __all__ = [
@@ -217,6 +217,11 @@ class Lifespan:
         return [("PostgreSQL", self.db), ("Redis", self.redis), *self._extra]
 
     def __call__(self, app: object = None) -> AbstractAsyncContextManager[None]:
+        state = getattr(app, "state", None)
+        if state is not None and getattr(state, "dualcore", None) is None:
+            # A framework app run by this lifespan but never wired (`install(app)` forgotten):
+            # say so at start-up, before a request's commit can run after its response.
+            warn_unwired()
         return self._run()
 
     @asynccontextmanager

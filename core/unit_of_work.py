@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from core.database import DatabaseManager
 
-__all__ = ["UnitOfWorkMiddleware", "UnwiredSessionWarning", "request_session"]
+__all__ = ["UnitOfWorkMiddleware", "UnwiredSessionWarning", "request_session", "warn_unwired"]
 
 log = logging.getLogger("dualcore.database")
 
@@ -43,9 +43,9 @@ class UnwiredSessionWarning(RuntimeWarning):
 
 
 _UNWIRED = (
-    "a read-write session was handed to a request outside the dualcore ASGI layer, so its commit "
-    "may run after the response is sent and a failed commit cannot reach the client. Wire the "
-    "app: `integrations.fastapi.install(app)` or `Litestar(plugins=[CorePlugin()])`"
+    "the app is not wired to dualcore's ASGI layer, so a request session's commit may run after "
+    "the response is sent and a failed commit cannot reach the client. Wire the app: "
+    "`integrations.fastapi.install(app)` or `Litestar(plugins=[CorePlugin()])`"
 )
 _warned = False
 
@@ -63,7 +63,7 @@ async def request_session(
         pending = None if read_only else _open.get()
         if pending is None:
             if not read_only:
-                _warn_unwired()
+                warn_unwired()
             yield session
             return
         pending.append(session)
@@ -74,12 +74,14 @@ async def request_session(
                 pending.remove(session)
 
 
-def _warn_unwired() -> None:
+def warn_unwired() -> None:
+    """Warn (`UnwiredSessionWarning`, and once in the log) that the app lacks the ASGI layer
+    that commits request sessions before the response."""
     global _warned
     if not _warned:
         _warned = True
         log.warning(_UNWIRED)
-    warnings.warn(_UNWIRED, UnwiredSessionWarning, stacklevel=4)
+    warnings.warn(_UNWIRED, UnwiredSessionWarning, stacklevel=3)
 
 
 class UnitOfWorkMiddleware:

@@ -32,3 +32,18 @@ async def test_an_unwired_app_warns_with_the_line_that_fixes_it(core: Lifespan) 
     # Without the ASGI layer the commit runs after the answer: the warning is the safeguard.
     assert r.status_code == 200
     assert await _stored(core, "late@x.org") == 0
+
+
+async def test_an_unwired_app_is_named_at_start_up(core: Lifespan) -> None:  # noqa: F811
+    from fastapi import FastAPI
+
+    app = FastAPI(lifespan=core)  # install(app) forgotten
+    with pytest.warns(UnwiredSessionWarning, match=r"install\(app\)"):
+        core(app)
+    wired = FastAPI(lifespan=core)
+    wired.state.dualcore = core
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        core(wired)

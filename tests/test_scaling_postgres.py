@@ -2,6 +2,8 @@
 
 A primary with two streaming replicas (`pg_basebackup -R`) and a PgBouncer in transaction pooling
 mode run as private processes; the tests go through `DatabaseManager` configured by settings.
+Every server requires the primary's password: the replicas are copies of its data directory (the
+password file included) and PgBouncer authenticates clients with SCRAM against the same password.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -27,8 +30,10 @@ from sqlalchemy.exc import DBAPIError
 
 from core.config import Settings
 from core.database import DatabaseManager
-from core.embedded import EmbeddedPostgres, _ensure_traversable, find_postgres_bin_dir
+from core.embedded import EmbeddedPostgres, find_postgres_bin_dir
 from core.embedded.accounts import as_account as _as_account
+from core.embedded.accounts import relocate as _relocate
+from core.embedded.accounts import remove_data as _remove_data
 from core.embedded.accounts import server_account as _server_account
 from core.redis_client import RedisManager
 from core.runtime import Lifespan
@@ -46,19 +51,27 @@ def _free_port() -> int:
 
 def _base_backup(primary: EmbeddedPostgres, target: Path) -> None:
     """Clone `primary` into `target` as a streaming replica (standby.signal + primary_conninfo)."""
-    subprocess.run(
+    account = _server_account()
+    if account is not None:
+        # The log in the data directory was opened by us (root) and is still ours: the server,
+        # running as its account, could not read it to send it, and the backup would fail.
+        os.lchown(primary.log_path, account.pw_uid, account.pw_gid)
+    result = subprocess.run(
         [
             str(find_postgres_bin_dir() / "pg_basebackup"),
             *("-h", primary.host, "-p", str(primary.port), "-U", primary.user),
             *("-D", str(target), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
         ],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=60,
-        env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+        # In the environment, not argv; `-R` writes it into the replica's primary_conninfo.
+        env={**os.environ, "PGCONNECT_TIMEOUT": "10", "PGPASSWORD": primary.password or ""},
     )
-    # The copy carries the primary's remembered port; the replica picks its own.
+    assert result.returncode == 0, f"pg_basebackup failed:\n{result.stderr}"
+    # The copy carries the primary's remembered port and its log; the replica has its own.
     (target / "dualcore.port").unlink(missing_ok=True)
+    (target / primary.log_path.name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +87,20 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         primary.start()
         for i in range(2):
             _base_backup(primary, base / f"replica{i}")
-            replica = EmbeddedPostgres(base / f"replica{i}", server_settings={"hot_standby": "on"})
+            replica = EmbeddedPostgres(
+                base / f"replica{i}",
+                # The copy's password file holds it already; given, so that it cannot drift.
+                password=primary.password,
+                server_settings={"hot_standby": "on"},
+            )
             replicas.append(replica)
             replica.start()
         yield {"primary": primary, "replicas": replicas}
     finally:
         for server in (*replicas, primary):
             server.stop(mode="immediate")
+            # Also the files placed outside pytest's temporary tree for the server account.
+            server.delete()
 
 
 def _settings(topology: dict[str, Any], **database: Any) -> Settings:
@@ -92,7 +112,9 @@ def _settings(topology: dict[str, Any], **database: Any) -> Settings:
             "pool_size": 3,
             "max_overflow": 2,
             **database,
-        }
+        },
+        # Each readiness report is a fresh run: the tests follow the replicas from call to call.
+        observability={"health_cache_ttl": 0},
     )
 
 
@@ -211,76 +233,91 @@ def _pgbouncer_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def pgbouncer(topology: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def pgbouncer(topology: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """PgBouncer in transaction pooling mode with two server connections, in front of the
-    primary; yields its port."""
+    primary; yields its URL (with the primary's password, which it requires too)."""
     binary = _pgbouncer_binary()
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     found = re.search(r"(\d+)\.(\d+)", version.stdout)
     assert found is not None, version.stdout
-    directory = tmp_path_factory.mktemp("pgbouncer")
-    port = _free_port()
     primary = topology["primary"]
-    (directory / "users.txt").write_text(f'"{primary.user}" ""\n')
-    lines = [
-        "[databases]",
-        f"* = host={primary.host} port={primary.port}",
-        "[pgbouncer]",
-        f"listen_addr = {primary.host}",
-        f"listen_port = {port}",
-        "unix_socket_dir =",
-        "auth_type = trust",
-        f"auth_file = {directory / 'users.txt'}",
-        "pool_mode = transaction",
-        "default_pool_size = 2",
-        "max_client_conn = 500",
-        f"logfile = {directory / 'pgbouncer.log'}",
-    ]
-    if (int(found[1]), int(found[2])) >= (1, 21):
-        # Newer PgBouncers can track prepared statements; off, as a plain pooler behaves.
-        lines.append("max_prepared_statements = 0")
-    (directory / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
-    # PgBouncer refuses to run as root: run it as the account the embedded servers use.
+    password = primary.password
+    assert password
+    # PgBouncer refuses to run as root: it runs as the account the embedded servers use, which
+    # cannot reach pytest's private temporary tree. Its files go where the servers' own go then:
+    # a directory of that account's, linked from here.
     account = _server_account()
+    link = tmp_path_factory.mktemp("pgbouncer") / "files"
     if account is not None:
-        _ensure_traversable(directory, account)
-        for path in (directory, *directory.iterdir()):
-            os.chown(path, account.pw_uid, account.pw_gid)
-    proc = subprocess.Popen(
-        [binary, str(directory / "pgbouncer.ini")],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        **_as_account(account),
-    )
+        _relocate(link, account)
+    else:
+        link.mkdir(mode=0o700)
+    directory = link.resolve()
     try:
-        deadline = time.monotonic() + _WAIT
-        while True:
-            if proc.poll() is not None:
-                log = (directory / "pgbouncer.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"pgbouncer exited with {proc.returncode}:\n{log}")
-            try:
-                socket.create_connection((primary.host, port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        port = _free_port()
+        # Plain text: PgBouncer checks the clients' SCRAM logins with it, and logs in to the
+        # primary (SCRAM too) with it.
+        (directory / "users.txt").write_text(f'"{primary.user}" "{password}"\n')
+        lines = [
+            "[databases]",
+            f"* = host={primary.host} port={primary.port}",
+            "[pgbouncer]",
+            f"listen_addr = {primary.host}",
+            f"listen_port = {port}",
+            "unix_socket_dir =",
+            "auth_type = scram-sha-256",
+            f"auth_file = {directory / 'users.txt'}",
+            "pool_mode = transaction",
+            "default_pool_size = 2",
+            "max_client_conn = 500",
+            f"logfile = {directory / 'pgbouncer.log'}",
+        ]
+        if (int(found[1]), int(found[2])) >= (1, 21):
+            # Newer PgBouncers can track prepared statements; off, as a plain pooler behaves.
+            lines.append("max_prepared_statements = 0")
+        (directory / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
+        for path in directory.iterdir():
+            path.chmod(0o600)
+            if account is not None:
+                os.chown(path, account.pw_uid, account.pw_gid)
+        proc = subprocess.Popen(
+            [binary, str(directory / "pgbouncer.ini")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            **_as_account(account),
+        )
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            deadline = time.monotonic() + _WAIT
+            while True:
+                if proc.poll() is not None:
+                    log = (directory / "pgbouncer.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"pgbouncer exited with {proc.returncode}:\n{log}")
+                try:
+                    socket.create_connection((primary.host, port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            userinfo = f"{quote(primary.user, safe='')}:{quote(password, safe='')}"
+            yield f"postgresql://{userinfo}@{primary.host}:{port}/postgres"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    finally:
+        _remove_data(link)
 
 
-def _bouncer_settings(port: int, **database: Any) -> Settings:
+def _bouncer_settings(url: str, **database: Any) -> Settings:
     return Settings(
         database={
-            "url": f"postgresql://postgres@127.0.0.1:{port}/postgres",
+            "url": url,
             "pool_size": 10,
             "max_overflow": 0,
             "pool_timeout": 20,
@@ -332,7 +369,7 @@ async def _create_table(db: DatabaseManager, table: str) -> None:
         await session.execute(text(f"CREATE TABLE {table} (n int)"))
 
 
-async def test_scaling_pgbouncer_transaction_pooling_under_concurrency(pgbouncer: int) -> None:
+async def test_scaling_pgbouncer_transaction_pooling_under_concurrency(pgbouncer: str) -> None:
     # statement_timeout and search_path are set: PgBouncer refuses them as startup parameters,
     # so this also proves the manager does not send them.
     settings = _bouncer_settings(pgbouncer, pgbouncer=True, search_path="public")
@@ -351,7 +388,7 @@ async def test_scaling_pgbouncer_transaction_pooling_under_concurrency(pgbouncer
 
 
 async def test_scaling_pgbouncer_without_the_setting_prepared_statements_break(
-    pgbouncer: int,
+    pgbouncer: str,
 ) -> None:
     # The control for the test above: the same load with asyncpg's statement caches on.
     settings = _bouncer_settings(pgbouncer, pgbouncer=False, statement_timeout=0)

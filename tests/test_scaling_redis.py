@@ -1,11 +1,13 @@
 """Redis Cluster and Redis Sentinel topologies, started on loopback ports by these tests.
 
 A 3-master cluster and a master + replica + Sentinel run as private `redis-server` processes;
-the tests go through `RedisManager` configured by URL, as a service would.
+the tests go through `RedisManager` configured by URL, as a service would. Every data node
+requires one password (per run), the Sentinel another.
 """
 
 from __future__ import annotations
 
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -30,8 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 _SLOTS = 16384
 _WAIT = 30.0
-_PASSWORD = "data-pw-7f3a"
-_SENTINEL_PASSWORD = "sentinel-pw-91c2"
+_PASSWORD = f"data-{secrets.token_urlsafe(18)}"
+_SENTINEL_PASSWORD = f"sentinel-{secrets.token_urlsafe(18)}"
 
 
 def _free_port() -> int:
@@ -121,9 +124,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedR
             node = EmbeddedRedis(
                 base / f"node{i}",
                 port=_free_port(),
+                # One password for the whole cluster: a client gives the same to every node.
+                password=_PASSWORD,
                 extra_args=[
                     *("--cluster-enabled", "yes"),
-                    *("--cluster-config-file", str(base / f"node{i}" / "nodes.conf")),
+                    # Relative to the node's directory, where the server works: the account it
+                    # runs as may not reach that directory by its path under pytest's tree.
+                    *("--cluster-config-file", "nodes.conf"),
                     # The bus port defaults to port + 10000, which may be taken: pick one.
                     *("--cluster-port", str(bus_ports[i])),
                     *("--cluster-node-timeout", "2000"),
@@ -131,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedR
             )
             nodes.append(node)
             node.start()
-        clients = [redis.Redis(port=n.port, socket_timeout=5) for n in nodes]
+        clients = [redis.Redis(port=n.port, password=n.password, socket_timeout=5) for n in nodes]
         share = _SLOTS // 3
         for i, client in enumerate(clients):
             end = _SLOTS if i == 2 else (i + 1) * share
@@ -152,7 +159,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedR
         yield nodes
     finally:
         for node in nodes:
-            node.stop()
+            # Stops it and removes its files, also those placed outside pytest's tree.
+            node.delete()
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +169,24 @@ def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     base = tmp_path_factory.mktemp("sentinel")
     # No diskless-sync delay: the replica's first sync would otherwise wait 5 s.
     no_delay = ["--repl-diskless-sync-delay", "0"]
-    master = EmbeddedRedis(base / "master", port=_free_port(), extra_args=no_delay)
+    master = EmbeddedRedis(
+        base / "master", port=_free_port(), password=_PASSWORD, extra_args=no_delay
+    )
     replica: EmbeddedRedis | None = None
     sentinel: _Sentinel | None = None
     try:
         master.start()
         replica = EmbeddedRedis(
-            base / "replica",
-            port=_free_port(),
-            extra_args=[*no_delay, "--replicaof", "127.0.0.1", str(master.port)],
+            base / "replica", port=_free_port(), password=_PASSWORD, extra_args=no_delay
         )
         replica.start()
-        # Passwords are set once both answer: the readiness probe is an unauthenticated PING.
+        # masterauth at run time, not on the command line, which every local user can read:
+        # the replica's now, the master's for when a failover makes it a replica.
         for server in (replica, master):
-            with redis.Redis(port=server.port) as client:
+            with redis.Redis(port=server.port, password=_PASSWORD) as client:
                 client.config_set("masterauth", _PASSWORD)
-                client.config_set("requirepass", _PASSWORD)
+        with redis.Redis(port=replica.port, password=_PASSWORD) as client:
+            client.replicaof("127.0.0.1", master.port)
         with redis.Redis(port=master.port, password=_PASSWORD) as client:
             _wait_for(
                 "the replica to sync",
@@ -194,16 +204,22 @@ def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         if sentinel is not None:
             sentinel.stop()
         if replica is not None:
-            replica.stop()
-        master.stop()
+            replica.delete()
+        master.delete()
 
 
 # --- cluster ---------------------------------------------------------------------------------
 
 
-def _cluster_settings(nodes: list[EmbeddedRedis], **redis: Any) -> Settings:
-    url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes[:2])
-    return Settings(redis={"url": url, "key_prefix": f"sc{uuid.uuid4().hex[:8]}:", **redis})
+def _cluster_settings(
+    nodes: list[EmbeddedRedis], *, cache: dict[str, Any] | None = None, **redis: Any
+) -> Settings:
+    hosts = ",".join(f"127.0.0.1:{n.port}" for n in nodes[:2])
+    url = f"redis+cluster://:{quote(_PASSWORD, safe='')}@{hosts}"
+    return Settings(
+        redis={"url": url, "key_prefix": f"sc{uuid.uuid4().hex[:8]}:", **redis},
+        cache=cache or {},
+    )
 
 
 async def test_scaling_cluster_client_spreads_keys_over_all_masters(
@@ -220,7 +236,7 @@ async def test_scaling_cluster_client_spreads_keys_over_all_masters(
         # The keys really live on different masters.
         counts = []
         for node in cluster:
-            direct = aioredis.Redis(port=node.port)
+            direct = aioredis.Redis(port=node.port, password=node.password)
             counts.append(await direct.dbsize())
             await direct.aclose()
         assert all(c > 0 for c in counts), counts
@@ -231,7 +247,10 @@ async def test_scaling_cluster_client_spreads_keys_over_all_masters(
 async def test_scaling_cluster_cache_fills_once_and_invalidates(
     cluster: list[EmbeddedRedis],
 ) -> None:
-    settings = _cluster_settings(cluster)
+    # A generous bound on each cache call: a manager's first calls open its connections to the
+    # cluster (slot map, AUTH), which on a busy machine can outlast the default bound, and a
+    # manager whose call timed out rightly loads without the lock.
+    settings = _cluster_settings(cluster, cache={"operation_timeout": 10.0})
     async with RedisManager(settings) as first, RedisManager(settings) as second:
         calls = 0
 

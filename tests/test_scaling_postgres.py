@@ -51,11 +51,6 @@ def _free_port() -> int:
 
 def _base_backup(primary: EmbeddedPostgres, target: Path) -> None:
     """Clone `primary` into `target` as a streaming replica (standby.signal + primary_conninfo)."""
-    account = _server_account()
-    if account is not None:
-        # The log in the data directory was opened by us (root) and is still ours: the server,
-        # running as its account, could not read it to send it, and the backup would fail.
-        os.lchown(primary.log_path, account.pw_uid, account.pw_gid)
     result = subprocess.run(
         [
             str(find_postgres_bin_dir() / "pg_basebackup"),

@@ -8,6 +8,7 @@ import logging
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -305,8 +306,15 @@ class Server:
             # No link followed: the directory may belong to the server account.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
             fd = os.open(self.log_path, flags, 0o600)
-            # Logs may quote statements and keys: for the owner only, also when made earlier.
-            os.fchmod(fd, 0o600)
+            st = os.fstat(fd)
+            # A hard link planted in the account's directory must not get root's file changed.
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                # Logs may quote statements and keys: for the owner only, also when made earlier.
+                os.fchmod(fd, 0o600)
+                if self._account is not None:
+                    # The server reads its data directory back (pg_basebackup copies every
+                    # file): a log left to root would make a base backup fail.
+                    os.fchown(fd, self._account.pw_uid, self._account.pw_gid)
             with open(fd, "ab") as log:
                 self._spawn(port, log)
             try:

@@ -13,7 +13,7 @@ import functools
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -21,24 +21,30 @@ from typing import Any
 import anyio
 import asyncpg
 import httpx
+import redis.asyncio as aioredis
 
 from core.config import Settings
 from core.database import DatabaseManager
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core.redis_client import RedisManager
+from core.resilience import BreakerState, CircuitBreaker
 from core.runtime import Lifespan
 from tests.scenario_apps import build_app
 
 __all__ = [
     "SLACK",
+    "Evidence",
     "FaultEnv",
     "Figures",
     "Load",
     "PgMonitor",
+    "RedisMonitor",
     "Sample",
     "Service",
     "fault_settings",
+    "openings",
     "p99",
+    "refused_some",
     "summarise",
     "table",
     "timed",
@@ -184,6 +190,46 @@ class PgMonitor:
                 conn.terminate()
 
 
+class RedisMonitor:
+    """Looks at the private Redis from outside the application (never through a proxy): the
+    connections a client name holds, by `CLIENT LIST`. A fresh connection per look, so restarts
+    and `CLIENT KILL` do not disturb it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def client_ids(self, name: str) -> set[int]:
+        """The ids of the connections open under client name `name`."""
+        client = aioredis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            with anyio.fail_after(5):
+                listed = await client.client_list()
+        finally:
+            await client.aclose()
+        return {int(c["id"]) for c in listed if c.get("name") == name}
+
+    async def wait_clients(self, name: str, target: int = 0, timeout: float = 3.0) -> int:
+        """Poll until `name` holds at most `target` connections; the last count seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count = len(await self.client_ids(name))
+            if count <= target or time.monotonic() > deadline:
+                return count
+            await anyio.sleep(0.05)
+
+
+def openings(breaker: CircuitBreaker) -> list[float]:
+    """A list that receives the time of every transition of `breaker` to open."""
+    opened: list[float] = []
+
+    def listen(_name: str, _old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN:
+            opened.append(time.monotonic())
+
+    breaker.listeners.append(listen)
+    return opened
+
+
 # --- the service under test ------------------------------------------------------------------
 
 
@@ -197,16 +243,16 @@ class Service:
     """An example app around a fresh core, in a schema of its own on the private PostgreSQL.
 
     Leaving the block records what was left behind: connections still checked out of the pools,
-    then (after the core closed) server connections still open under the application name.
+    then (after the core closed) PostgreSQL and Redis connections still open under the
+    application name (which the core sets as both servers' client name).
     """
 
-    def __init__(
-        self, framework: str, settings: Settings, monitor: PgMonitor, *, schema: str
-    ) -> None:
+    def __init__(self, framework: str, settings: Settings, env: FaultEnv) -> None:
         self.framework = framework
         self.settings = settings
-        self.monitor = monitor
-        self.schema = schema
+        self.monitor = env.monitor
+        self.redis_monitor = env.redis_monitor
+        self.schema = env.schema
         self.core = Lifespan(
             DatabaseManager(settings),
             RedisManager(settings),
@@ -217,6 +263,7 @@ class Service:
         self.client: httpx.AsyncClient | None = None
         self.checked_out_at_exit = 0
         self.server_left = 0
+        self.redis_left = 0
         self._entered = False
 
     @property
@@ -237,8 +284,17 @@ class Service:
 
     @property
     def leaked(self) -> int:
-        """Connections left checked out at exit plus server connections left after close."""
-        return self.checked_out_at_exit + self.server_left
+        """Connections left checked out at exit plus PostgreSQL and Redis connections left
+        open after close."""
+        return self.checked_out_at_exit + self.server_left + self.redis_left
+
+    @property
+    def leak_detail(self) -> str:
+        """What `leaked` consists of."""
+        return (
+            f"{self.checked_out_at_exit} checked out, {self.server_left} PostgreSQL, "
+            f"{self.redis_left} Redis"
+        )
 
     async def __aenter__(self) -> Service:
         await self.monitor.execute(f'CREATE SCHEMA "{self.schema}"')
@@ -263,6 +319,7 @@ class Service:
                 self.checked_out_at_exit = self.checked_out()
                 await self.core.__aexit__(None, None, None)
             self.server_left = await self.monitor.wait_connections(self.name)
+            self.redis_left = await self.redis_monitor.wait_clients(self.name)
         finally:
             await self.monitor.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
@@ -416,6 +473,11 @@ def p99(values: Sequence[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+Evidence = Mapping[str, "bool | Callable[[Figures], bool]"]
+"""What a scenario's fault must have caused, by description: seen or not, or a test of the row
+(such as `refused_some`)."""
+
+
 @dataclass
 class Figures:
     """One row of the fault table."""
@@ -430,14 +492,22 @@ class Figures:
     bound: float
     recovery: float | None
     leaked: int
+    evidence: dict[str, bool]
+    """What the fault must have caused, and whether it was seen: a scenario whose fault had no
+    effect proves nothing, so every entry must hold."""
     note: str = ""
+    leak_detail: str = ""
     unexpected_examples: list[str] = field(default_factory=list)
     slowest: list[str] = field(default_factory=list)
     max_bounded: bool = False
     """Hold every request, not only the 99th percentile, to `bound` (no request may hang)."""
 
     def check(self) -> None:
-        """Assert the targets: nothing failed unexpectedly, p99 within its bound, no leak."""
+        """Assert the targets: the fault took effect, nothing failed unexpectedly, p99 within
+        its bound, no leak."""
+        assert self.evidence, f"{self.scenario}: no evidence required of the fault"
+        unseen = [what for what, seen in self.evidence.items() if not seen]
+        assert not unseen, f"{self.scenario}: the fault had no effect; not seen: {unseen}"
         assert self.unexpected_failures == 0, (self.scenario, self.unexpected_examples)
         assert self.p99 <= self.bound, (
             f"{self.scenario}: p99 {self.p99:.3f}s > {self.bound}s; slowest: {self.slowest}"
@@ -447,7 +517,9 @@ class Figures:
                 f"{self.scenario}: a request took {self.max_latency:.3f}s > {self.bound}s; "
                 f"slowest: {self.slowest}"
             )
-        assert self.leaked == 0, f"{self.scenario}: {self.leaked} connection(s) leaked"
+        assert self.leaked == 0, (
+            f"{self.scenario}: {self.leaked} connection(s) leaked ({self.leak_detail})"
+        )
         assert "NEVER RECOVERED" not in self.note, f"{self.scenario}: did not recover"
 
 
@@ -462,12 +534,19 @@ def _slowest(samples: Sequence[Sample], origin: float | None, count: int = 5) ->
     return [f"+{s.started - zero:.2f}s/{s.latency:.3f}s/{s.status or s.error}" for s in ranked]
 
 
+def refused_some(row: Figures) -> bool:
+    """Evidence for faults that must make some requests fail: expected failures were seen."""
+    return row.expected_failures > 0
+
+
 def summarise(
     scenario: str,
     samples: Sequence[Sample],
     *,
     bound: float,
     leaked: int,
+    evidence: Evidence,
+    leak_detail: str = "",
     fault_started: float | None = None,
     fault_lifted: float | None = None,
     expected_status: Sequence[int] = (503,),
@@ -486,7 +565,8 @@ def summarise(
     requests (those that create the fault, such as the ones holding the pool) count as sent and
     must succeed, but their latency is theirs by design and stays out of the p99.
     `expected_errors` names client errors (such as `ConnectError` once a server has stopped
-    listening) that count as expected failures after the fault began.
+    listening) that count as expected failures after the fault began. `evidence` says what the
+    fault must have caused (see `Figures.evidence`); callables are applied to the row.
     """
     timed_samples = samples
     samples = [*samples, *background]
@@ -509,7 +589,7 @@ def summarise(
         if failures_after and not any(s.ok and s.started >= max(failures_after) for s in samples):
             recovery = None  # still failing when the run ended
             note = (note + "; NEVER RECOVERED").lstrip("; ")
-    return Figures(
+    row = Figures(
         scenario=scenario,
         sent=len(samples) + extra_expected,
         succeeded=ok,
@@ -520,11 +600,17 @@ def summarise(
         bound=bound,
         recovery=recovery,
         leaked=leaked,
+        evidence={},
         note=note,
+        leak_detail=leak_detail,
         unexpected_examples=[_describe(s) for s in unexpected[:5]],
         max_bounded=max_bounded,
         slowest=_slowest(timed_samples, fault_started),
     )
+    row.evidence = {
+        what: seen(row) if callable(seen) else bool(seen) for what, seen in evidence.items()
+    }
+    return row
 
 
 COLUMNS = (
@@ -538,8 +624,16 @@ COLUMNS = (
     ("bound s", ">"),
     ("recover s", ">"),
     ("leaked", ">"),
+    ("fault seen", "<"),
     ("note", "<"),
 )
+
+
+def _seen(evidence: Mapping[str, bool]) -> str:
+    unseen = [what for what, seen in evidence.items() if not seen]
+    if not evidence:
+        return "NOT REQUIRED"
+    return f"NOT SEEN: {'; '.join(unseen)}" if unseen else f"{len(evidence)}/{len(evidence)}"
 
 
 def table(rows: Sequence[Figures]) -> list[str]:
@@ -556,6 +650,7 @@ def table(rows: Sequence[Figures]) -> list[str]:
             f"{r.bound:.2f}",
             "-" if r.recovery is None else f"{r.recovery:.2f}",
             str(r.leaked),
+            _seen(r.evidence),
             r.note,
         ]
         for r in rows
@@ -574,11 +669,12 @@ def table(rows: Sequence[Figures]) -> list[str]:
 
 @dataclass(frozen=True)
 class FaultEnv:
-    """What every scenario gets: the private servers, a monitor on the PostgreSQL one, a schema
-    of its own, and `record` to add its row to the figures table."""
+    """What every scenario gets: the private servers, a monitor on each, a schema of its own,
+    and `record` to add its row to the figures table."""
 
     pg: EmbeddedPostgres
     redis: EmbeddedRedis
     monitor: PgMonitor
+    redis_monitor: RedisMonitor
     schema: str
     record: Callable[[Figures], None]

@@ -20,6 +20,7 @@ from tests.faults.harness import (
     Service,
     fault_settings,
     p99,
+    refused_some,
     summarise,
     timed,
     wait_for,
@@ -62,7 +63,7 @@ async def test_fault_pool_exhaustion(
             "command_timeout": hold + 5.0,
         },
     )
-    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
+    async with Service(framework, settings, env) as svc:
         started = time.monotonic()
         holders = [
             asyncio.create_task(timed(lambda: svc.http.get("/slow", params={"seconds": hold})))
@@ -88,6 +89,8 @@ async def test_fault_pool_exhaustion(
             background=held,
             bound=pool_timeout + SLACK,
             leaked=svc.leaked,
+            leak_detail=svc.leak_detail,
+            evidence={"requests refused while the pool was full": refused_some},
             fault_started=started,
             fault_lifted=lifted,
             note=f"pool 2, {concurrency} waiting, pool_timeout {pool_timeout}s",
@@ -130,7 +133,7 @@ async def test_fault_pool_thousand_cancelled_requests(
         database={"pool_size": 5, "max_overflow": 5, "pool_timeout": 2.0},
     )
     rng = random.Random(5)
-    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
+    async with Service(framework, settings, env) as svc:
         holding: set[asyncio.Task[object] | None] = set()
         got_connection: dict[asyncio.Task[object] | None, asyncio.Event] = {}
 
@@ -189,6 +192,8 @@ async def test_fault_pool_thousand_cancelled_requests(
         after,
         bound=(settings.database.command_timeout or 0.0) + SLACK,
         leaked=svc.leaked,
+        leak_detail=svc.leak_detail,
+        evidence={"requests cancelled while holding a connection": outcomes["mid_query"] > 0},
         extra_expected=outcomes["cancelled"],
         note=(
             f"{outcomes['mid_query']} mid-query; server conns peak {sampler.server_peak} "

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import httpx
 import pytest
+from sqlalchemy import event
 
 from core.resilience import BreakerState
 from tests.conftest import FRAMEWORKS
@@ -21,6 +22,8 @@ from tests.faults.harness import (
     Load,
     Service,
     fault_settings,
+    openings,
+    refused_some,
     summarise,
     wait_for,
 )
@@ -56,8 +59,9 @@ async def test_fault_postgres_restart(
     """A restart under load: 503s while it is down, every acknowledged write stored, recovery
     once the breaker's reset timeout has passed."""
     settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
-    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
+    async with Service(framework, settings, env) as svc:
         ids = await svc.seed_users(20)
+        opened = openings(svc.core.db.breaker)
         async with Load(_mixed(svc, ids), concurrency=10) as load:
             await anyio.sleep(1.0)
             started = time.monotonic()
@@ -73,6 +77,11 @@ async def test_fault_postgres_restart(
             samples,
             bound=settings.database.connect_timeout + SLACK,
             leaked=svc.leaked,
+            leak_detail=svc.leak_detail,
+            evidence={
+                "requests refused while it restarted": refused_some,
+                "database breaker opened": bool(opened),
+            },
             fault_started=started,
             fault_lifted=lifted,
             note=f"down {lifted - started:.2f}s, {writes} writes acknowledged and stored",
@@ -88,9 +97,17 @@ async def test_fault_postgres_idle_connections_killed(
     """Idle pooled connections terminated by the server (pg_terminate_backend) while requests
     keep coming: the pool replaces them."""
     settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
-    async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
+    async with Service(framework, settings, env) as svc:
         ids = await svc.seed_users(20)
         killed = 0
+        connects: list[float] = []
+
+        def on_connect(*_: object) -> None:
+            connects.append(time.monotonic())
+
+        engines = [svc.core.db.engine.sync_engine, svc.core.db.read_engine.sync_engine]
+        for engine in engines:
+            event.listen(engine, "connect", on_connect)
         # Fewer workers than pooled connections, so some sit idle in the pool at every moment.
         async with Load(_mixed(svc, ids), concurrency=3, pause=0.01) as load:
             await anyio.sleep(0.5)
@@ -101,17 +118,24 @@ async def test_fault_postgres_idle_connections_killed(
             lifted = time.monotonic()
             await anyio.sleep(1.0)
             samples = await load.stop()
+        for engine in engines:
+            event.remove(engine, "connect", on_connect)
         writes = await _check_writes(svc, load)
-    assert killed > 0
+    replaced = sum(1 for t in connects if t >= started)
     env.record(
         summarise(
             f"pg idle conns killed [{framework}]",
             samples,
             bound=settings.database.connect_timeout + SLACK,
             leaked=svc.leaked,
+            leak_detail=svc.leak_detail,
+            evidence={
+                "idle backends terminated": killed > 0,
+                "the pools opened replacements": replaced > 0,
+            },
             fault_started=started,
             fault_lifted=lifted,
-            note=f"{killed} idle backends terminated, {writes} writes stored",
+            note=f"{killed} idle backends terminated, {replaced} replaced, {writes} writes stored",
         )
     )
 
@@ -135,8 +159,9 @@ async def _hung(
         # connection is thrown away. Each step is bounded; the hang lasts longer than all four.
         bound = db.pool_timeout + db.connect_timeout + 2 * (db.command_timeout or 0.0) + SLACK
         hang = bound + 0.5
-        async with Service(framework, settings, env.monitor, schema=env.schema) as svc:
+        async with Service(framework, settings, env) as svc:
             ids = await svc.seed_users(20)
+            opened = openings(svc.core.db.breaker)
             async with Load(_mixed(svc, ids), concurrency=10) as load:
                 await anyio.sleep(0.5)
                 started = time.monotonic()
@@ -159,6 +184,11 @@ async def _hung(
         samples,
         bound=bound,
         leaked=svc.leaked,
+        leak_detail=svc.leak_detail,
+        evidence={
+            "requests refused during the hang": refused_some,
+            "database breaker opened": bool(opened),
+        },
         fault_started=started,
         fault_lifted=lifted,
         max_bounded=True,

@@ -25,6 +25,8 @@ from tests.faults.harness import (
     Sample,
     Service,
     fault_settings,
+    openings,
+    refused_some,
     summarise,
 )
 
@@ -62,7 +64,8 @@ async def test_fault_retries_dead_postgres_at_startup(
     assert 1 < attempts <= 25
     assert proxy.accepted <= attempts * PG_CONNECTIONS_PER_ATTEMPT
     assert elapsed <= settings.app.startup_timeout + SLACK
-    left = await env.monitor.connections(settings.app.name)
+    pg_left = await env.monitor.wait_connections(settings.app.name)
+    redis_left = await env.redis_monitor.wait_clients(settings.app.name)
     env.record(
         Figures(
             scenario="retries: pg dead at start-up",
@@ -74,7 +77,12 @@ async def test_fault_retries_dead_postgres_at_startup(
             max_latency=elapsed,
             bound=settings.app.startup_timeout + SLACK,
             recovery=None,
-            leaked=left,
+            leaked=pg_left + redis_left,
+            leak_detail=f"{pg_left} PostgreSQL, {redis_left} Redis",
+            evidence={
+                "connections reset by the proxy": proxy.accepted > 0,
+                "retried": attempts > 1,
+            },
             note=f"{attempts} attempts, {proxy.accepted} connections in {elapsed:.2f}s",
         )
     )
@@ -96,6 +104,10 @@ class _DeadUnderLoad:
     started: float
     admitted: int
     """Calls the breaker may let through in the window (see `_attempt_bound`)."""
+    opened: list[float]
+    """When the dead dependency's breaker opened."""
+    cache_trouble: int
+    """Cache calls that failed or were skipped by the breaker."""
 
 
 async def _dead_under_load(env: FaultEnv, dependency: str, path: str) -> _DeadUnderLoad:
@@ -107,8 +119,10 @@ async def _dead_under_load(env: FaultEnv, dependency: str, path: str) -> _DeadUn
         pg_url = proxy.url_for(env.pg.url) if dependency == "pg" else env.pg.url
         redis_url = proxy.url_for(env.redis.url) if dependency == "redis" else env.redis.url
         settings = fault_settings(pg_url, redis_url, schema=env.schema)
-        async with Service(FRAMEWORKS[0], settings, env.monitor, schema=env.schema) as svc:
+        async with Service(FRAMEWORKS[0], settings, env) as svc:
             ids = await svc.seed_users(10)
+            breaker = svc.core.db.breaker if dependency == "pg" else svc.core.redis.breaker
+            opened = openings(breaker)
             proxy.cut()
             before = proxy.accepted
             started = time.monotonic()
@@ -118,12 +132,16 @@ async def _dead_under_load(env: FaultEnv, dependency: str, path: str) -> _DeadUn
                 await anyio.sleep(window)
                 samples = await load.stop()
             attempts = proxy.accepted - before
+            stats = svc.core.redis.cache.stats
+            cache_trouble = stats.errors + stats.bypassed
             proxy.restore()
     res = settings.resilience
     admitted = _attempt_bound(
         concurrency, window, res.breaker_reset_timeout, res.breaker_failure_threshold
     )
-    return _DeadUnderLoad(settings, svc, samples, attempts, started, admitted)
+    return _DeadUnderLoad(
+        settings, svc, samples, attempts, started, admitted, opened, cache_trouble
+    )
 
 
 async def test_fault_retries_dead_postgres_under_load(
@@ -141,6 +159,12 @@ async def test_fault_retries_dead_postgres_under_load(
             run.samples,
             bound=settings.database.connect_timeout + SLACK,
             leaked=run.svc.leaked,
+            leak_detail=run.svc.leak_detail,
+            evidence={
+                "connection attempts reset": attempts > 0,
+                "requests refused": refused_some,
+                "database breaker opened": bool(run.opened),
+            },
             fault_started=run.started,
             note=f"{attempts} connection attempts for {len(run.samples)} requests (bound {bound})",
         )
@@ -163,6 +187,12 @@ async def test_fault_retries_dead_redis_under_load(
             run.samples,
             bound=2 * settings.cache.operation_timeout + SLACK,
             leaked=run.svc.leaked,
+            leak_detail=run.svc.leak_detail,
+            evidence={
+                "connection attempts reset": attempts > 0,
+                "cache calls failed or skipped": run.cache_trouble > 0,
+                "Redis breaker opened": bool(run.opened),
+            },
             fault_started=run.started,
             expected_status=(),
             note=f"{attempts} connection attempts for {len(run.samples)} requests (bound {bound})",

@@ -4,7 +4,6 @@ plain form, a repository and a service taking the session, a router, the `/healt
 No postponed annotations: FastAPI reads these annotations as objects at definition time.
 """
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.runtime import Lifespan
 from integrations.fastapi import DbSession, get_db, get_redis, install
-from tests.seed_models import UserRepository, write
+from tests.seed_models import UserRepository, cached_user, write
 
 Body = dict[str, str]
 
@@ -45,14 +44,7 @@ def build_app(core: Lifespan, *, wired: bool = True, own_health: bool = True) ->
             self.redis = redis
 
         async def get_cached_user(self, user_id: int) -> dict[str, Any] | None:
-            key = f"{core.settings.redis.key_prefix}seed-user:{user_id}"
-            cached = await self.redis.get(key)
-            if cached is not None:
-                return dict(json.loads(cached), cached=True)
-            user = await UserRepository(self.db).get(user_id)
-            if user is not None:
-                await self.redis.set(key, json.dumps(user), ex=60)
-            return user
+            return await cached_user(self.db, self.redis, core.settings.redis.key_prefix, user_id)
 
     async def get_user_service(service: UserService = Depends()) -> UserService:
         return service

@@ -1,7 +1,6 @@
 """The seed design's usage on Litestar: the plugin's `db_session` and `redis` providers, and
 providers of the service's own built on them (Litestar's equivalent of `Depends(get_db)`)."""
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.runtime import Lifespan
 from integrations.litestar import CorePlugin
-from tests.seed_models import UserRepository, write
+from tests.seed_models import UserRepository, cached_user, write
 
 Body = dict[str, str]
 
@@ -28,14 +27,7 @@ def build_app(core: Lifespan) -> Litestar:
             self.redis = redis
 
         async def get_cached_user(self, user_id: int) -> dict[str, Any] | None:
-            key = f"{core.settings.redis.key_prefix}seed-user:{user_id}"
-            cached = await self.redis.get(key)
-            if cached is not None:
-                return dict(json.loads(cached), cached=True)
-            user = await UserRepository(self.db).get(user_id)
-            if user is not None:
-                await self.redis.set(key, json.dumps(user), ex=60)
-            return user
+            return await cached_user(self.db, self.redis, core.settings.redis.key_prefix, user_id)
 
     async def get_user_repo(db_session: NamedDependency[AsyncSession]) -> UserRepository:
         return UserRepository(db_session)

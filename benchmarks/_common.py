@@ -143,7 +143,7 @@ async def timed_block(op: Op, ops: int) -> float:
     return (time.perf_counter() - start) / ops * 1e6
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pair:
     """One comparison: `variant` against `baseline`, both names of operations."""
 
@@ -153,18 +153,19 @@ class Pair:
 
 async def paired_rounds(
     ops: dict[str, Op], pairs: Sequence[Pair], rounds: int, per_block: int, warmup: int = 200
-) -> tuple[dict[str, float], dict[str, float]]:
+) -> tuple[dict[str, float], dict[Pair, float]]:
     """Run each pair's blocks side by side, alternating order, for `rounds` rounds.
 
-    Returns (median µs per call of every operation, median per-round ratio of every variant to
-    its baseline). Adjacent blocks see the same machine load, so their ratio is far steadier than
-    either time on a shared machine.
+    Returns (median µs per call of every operation, median per-round ratio variant/baseline of
+    every pair). Adjacent blocks see the same machine load, so their ratio is far steadier than
+    either time on a shared machine. A variant may appear in several pairs (against different
+    baselines); each pair runs its own blocks.
     """
     for op in ops.values():
         for _ in range(warmup):
             await op()
     times: dict[str, list[float]] = {name: [] for name in ops}
-    ratios: dict[str, list[float]] = {p.variant: [] for p in pairs}
+    ratios: dict[Pair, list[float]] = {p: [] for p in pairs}
     for r in range(rounds):
         shift = r % len(pairs)
         for pair in [*pairs[shift:], *pairs[:shift]]:
@@ -176,7 +177,7 @@ async def paired_rounds(
                 t_var = await timed_block(ops[pair.variant], per_block)
             times[pair.variant].append(t_var)
             times[pair.baseline].append(t_base)
-            ratios[pair.variant].append(t_var / t_base)
+            ratios[pair].append(t_var / t_base)
     return (
         {name: statistics.median(v) for name, v in times.items() if v},
         {name: statistics.median(v) for name, v in ratios.items()},

@@ -7,7 +7,6 @@ their anchors, the observability stack on the example app, and memory over many 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,6 +15,7 @@ from typing import Any
 
 from _common import Dataset
 
+from core.config import get_settings
 from core.testing import asgi_lifespan
 
 HEADERS = [(b"host", b"bench"), (b"accept", b"application/json"), (b"user-agent", b"bench/1")]
@@ -43,7 +43,10 @@ class Driver:
 
     def __init__(self, app: Any, paths: Sequence[str], state: dict[str, Any]) -> None:
         self.app = app
-        self._paths = itertools.cycle(paths)
+        # An index, not itertools.cycle: a cycle keeps a second copy of everything it has
+        # yielded, which would itself grow during a memory run.
+        self._paths = paths
+        self._next = 0
         self._state = state
         self._request = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -59,7 +62,9 @@ class Driver:
             if message["type"] == "http.response.start":
                 status = message["status"]
 
-        scope = _scope(next(self._paths))
+        i = self._next
+        self._next = i + 1 if i + 1 < len(self._paths) else 0
+        scope = _scope(self._paths[i])
         scope["state"] = dict(self._state)
         await self.app(scope, receive, send)
         if status != 200:
@@ -88,9 +93,11 @@ AppFactory = Callable[[], Any]
 def app_factories(ds: Dataset) -> dict[str, AppFactory]:
     """The benchmark apps by name, built in this process against `ds`.
 
-    The anchors read the environment, so it is set here for them (and for `Lifespan()`).
+    The anchors read the environment, so it is set here for them (and for `Lifespan()`, whose
+    settings are read again).
     """
     os.environ.update(ds.env())
+    get_settings.cache_clear()
     from baseline_apps import APPS
 
     return dict(APPS)

@@ -1,12 +1,21 @@
 """The anchors a team would write instead of using dualcore: the same users service by hand.
 
+Two of each: the seed's style, and the same work dualcore's read-only session does.
+
 - `fastapi_hand()`: plain FastAPI + SQLAlchemy + redis-py, in the seed's style: an
   `async_sessionmaker` session per request on an engine with `pool_pre_ping=True`, committed
-  after the handler; the cached lookup is `redis.get` + `model_validate_json`, filled on a miss.
+  after the handler (pre-ping, BEGIN, SELECT, COMMIT); the cached lookup is `redis.get` +
+  `model_validate_json`, filled on a miss.
+- `fastapi_hand_ro()`: the same app doing equal work: an engine with
+  `isolation_level="AUTOCOMMIT"` and `default_transaction_read_only`, no pre-ping, no commit:
+  one round trip per read, as dualcore's read-only session.
 - `litestar_aa()`: Litestar + advanced-alchemy's SQLAlchemy plugin (its session dependency and
-  its autocommit before-send handler), the same cached lookup with redis-py.
+  its autocommit before-send handler: BEGIN, SELECT, COMMIT), the same cached lookup with
+  redis-py.
+- `litestar_aa_ro()`: the same plugin on an engine with `isolation_level="AUTOCOMMIT"` and
+  `default_transaction_read_only`: the handler's commit sends nothing, one round trip per read.
 
-Both serve the example's `GET /users/{id}` and `GET /users/{id}/cached` with the example's
+All serve the example's `GET /users/{id}` and `GET /users/{id}/cached` with the example's
 model and schema (`examples.users`), reading settings from the same environment variables
 the dualcore apps read (`DATABASE_URL`, `REDIS_URL`, `DATABASE__SEARCH_PATH`,
 `REDIS__KEY_PREFIX`), so every server of a run sees the same data.
@@ -48,23 +57,40 @@ def _env() -> tuple[str, str, str, str]:
     )
 
 
-def _engine_args(schema: str) -> dict[str, Any]:
+def _engine_args(schema: str, *, read_only: bool = False) -> dict[str, Any]:
     # The same pool size for every app (BENCH_POOL_SIZE, set by the runner above the load's
     # concurrency), so no app pays for opening overflow connections.
+    server_settings = {"search_path": schema, "application_name": "bench"}
+    if read_only:
+        server_settings["default_transaction_read_only"] = "on"
     return {
         "pool_size": int(os.environ.get("BENCH_POOL_SIZE", "10")),
         "max_overflow": 10,
-        "connect_args": {"server_settings": {"search_path": schema, "application_name": "bench"}},
+        "connect_args": {"server_settings": server_settings},
     }
 
 
 def fastapi_hand() -> Any:
-    """The hand-written FastAPI service."""
+    """The hand-written FastAPI service, in the seed's style."""
+    return _fastapi_hand(equal_work=False)
+
+
+def fastapi_hand_ro() -> Any:
+    """The hand-written FastAPI service doing the work of dualcore's read-only session."""
+    return _fastapi_hand(equal_work=True)
+
+
+def _fastapi_hand(*, equal_work: bool) -> Any:
     from fastapi import Depends, FastAPI, HTTPException
 
     url, redis_url, schema, prefix = _env()
-    engine = create_async_engine(url, pool_pre_ping=True, **_engine_args(schema))
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    if equal_work:
+        engine = create_async_engine(
+            url, isolation_level="AUTOCOMMIT", **_engine_args(schema, read_only=True)
+        )
+    else:
+        engine = create_async_engine(url, pool_pre_ping=True, **_engine_args(schema))
+    sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=not equal_work)
     redis = aioredis.Redis.from_url(redis_url)
 
     @asynccontextmanager
@@ -78,7 +104,12 @@ def fastapi_hand() -> Any:
             yield session
             await session.commit()
 
-    Session = Annotated[AsyncSession, Depends(get_session)]
+    async def get_read_session() -> AsyncIterator[AsyncSession]:
+        async with sessions() as session:
+            yield session
+
+    Session = Annotated[AsyncSession, Depends(get_read_session if equal_work else get_session)]
+    tag = "hand-ro" if equal_work else "hand"
     app = FastAPI(lifespan=lifespan)
 
     @app.get("/users/{user_id}")
@@ -90,7 +121,7 @@ def fastapi_hand() -> Any:
 
     @app.get("/users/{user_id}/cached")
     async def get_user_cached(user_id: uuid.UUID, session: Session) -> UserOut:
-        key = f"{prefix}hand:user:{user_id}"
+        key = f"{prefix}{tag}:user:{user_id}"
         raw = await redis.get(key)
         if raw is not None:
             return UserOut.model_validate_json(raw)
@@ -105,7 +136,16 @@ def fastapi_hand() -> Any:
 
 
 def litestar_aa() -> Any:
-    """The Litestar + advanced-alchemy service."""
+    """The Litestar + advanced-alchemy service, as its documentation sets it up."""
+    return _litestar_aa(equal_work=False)
+
+
+def litestar_aa_ro() -> Any:
+    """The Litestar + advanced-alchemy service on an autocommit, read-only engine."""
+    return _litestar_aa(equal_work=True)
+
+
+def _litestar_aa(*, equal_work: bool) -> Any:
     from advanced_alchemy.extensions.litestar import (
         AsyncSessionConfig,
         EngineConfig,
@@ -118,16 +158,15 @@ def litestar_aa() -> Any:
 
     url, redis_url, schema, prefix = _env()
     redis = aioredis.Redis.from_url(redis_url)
-    args = _engine_args(schema)
+    args = _engine_args(schema, read_only=equal_work)
+    if equal_work:
+        args["isolation_level"] = "AUTOCOMMIT"
+    tag = "aa-ro" if equal_work else "aa"
     config = SQLAlchemyAsyncConfig(
         connection_string=url,
         before_send_handler="autocommit",
-        session_config=AsyncSessionConfig(expire_on_commit=False),
-        engine_config=EngineConfig(
-            pool_size=args["pool_size"],
-            max_overflow=args["max_overflow"],
-            connect_args=args["connect_args"],
-        ),
+        session_config=AsyncSessionConfig(expire_on_commit=False, autoflush=not equal_work),
+        engine_config=EngineConfig(**args),
     )
 
     def provide_redis() -> aioredis.Redis:
@@ -144,7 +183,7 @@ def litestar_aa() -> Any:
     async def get_user_cached(
         user_id: uuid.UUID, db_session: AsyncSession, cache: aioredis.Redis
     ) -> UserOut:
-        key = f"{prefix}aa:user:{user_id}"
+        key = f"{prefix}{tag}:user:{user_id}"
         raw = await cache.get(key)
         if raw is not None:
             return UserOut.model_validate_json(raw)
@@ -189,6 +228,8 @@ def litestar_dualcore() -> Any:
 APPS = {
     "fastapi-dualcore": fastapi_dualcore,
     "fastapi-hand": fastapi_hand,
+    "fastapi-hand-ro": fastapi_hand_ro,
     "litestar-dualcore": litestar_dualcore,
     "litestar-aa": litestar_aa,
+    "litestar-aa-ro": litestar_aa_ro,
 }

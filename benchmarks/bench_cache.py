@@ -1,12 +1,18 @@
 """Cache hit path against hand-written redis-py code, in one run.
 
-    python benchmarks/bench_cache.py [--redis-url URL] [--rounds N] [--ops N]
+    python benchmarks/bench_cache.py [--rounds N] [--ops N]
 
-Each round runs every variant for `--ops` sequential calls right next to its hand-written
-baseline (`await redis.get(k)` + decode), alternating which goes first. The table shows the median
-per-call time over rounds and the median of the per-round ratios variant/baseline: pairing
-adjacent blocks cancels most of the noise of a shared machine.
-Target: `get_or_set` within 1.2x.
+The cache is the one the apps get: `RedisManager(settings).cache`, with its circuit breaker,
+its metrics hook set the way the runtime sets it (`manager.cache_metrics =
+metrics.cache("default")` before first use), and entries written by real fills
+(`get_or_set` with a loader that takes time, so every entry carries its load time and each hit
+runs the early-refresh check). The baseline is what a user writes instead: a plain
+`redis.asyncio.Redis.from_url(...)`, `await redis.get(k)` + decode.
+
+Each round runs every variant for `--ops` sequential calls right next to its baseline,
+alternating which goes first. The table shows the median per-call time over rounds and the
+median of the per-round ratios variant/baseline: pairing adjacent blocks cancels most of the
+noise of a shared machine. Target: `get_or_set` within 1.2x.
 """
 
 from __future__ import annotations
@@ -14,16 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
+from _common import REDIS_URL, Op, Pair, paired_rounds, sqlalchemy_url
 from pydantic import BaseModel
 
-from core.cache import Cache, cached
-from core.config import CacheSettings
+from core.cache import cached
+from core.config import Settings
+from core.observability import Metrics
+from core.redis_client import RedisManager
 
 
 class User(BaseModel):
@@ -43,124 +50,158 @@ USER = User(
     tags=["admin", "math", "engines"],
     score=99.5,
 )
-TTL = 3600.0  # long enough that early refresh never triggers during the run
+TTL = 3600.0
+"""Long enough that early refresh (probability ~ load time / time left) never fires in a run."""
+LOAD_TIME = 0.002
+"""What a fill's loader takes (a database read, roughly): recorded in the entry."""
 
-Op = Callable[[], Awaitable[object]]
+BASE_JSON = "redis.get + json.loads"
+BASE_MODEL = "redis.get + model_validate_json"
+JSON_PLAIN = Pair("get_or_set (json, plain)", BASE_JSON)
+JSON_MODEL = Pair("get_or_set (json, model)", BASE_MODEL)
+PAIRS = [
+    JSON_PLAIN,
+    Pair("get_or_set (json, group)", BASE_JSON),
+    Pair("get_or_set (msgspec, plain)", BASE_JSON),
+    JSON_MODEL,
+    Pair("@cached (json, model)", BASE_MODEL),
+    Pair("get_or_set (msgspec, model)", BASE_MODEL),
+]
+TARGETS = {JSON_PLAIN: "json dict", JSON_MODEL: "pydantic model"}
+"""The pairs the summary judges, with what they decode."""
 
 
 async def _never() -> object:
     raise AssertionError("benchmark entry missing: the loader must not run on the hit path")
 
 
-async def build(client: aioredis.Redis, prefix: str) -> dict[str, tuple[Op, str | None]]:
-    """Variants by name, each with the baseline it is compared against."""
-    json_cache = Cache(client, prefix=prefix, settings=CacheSettings.model_validate({}))
-    msgspec_cache = Cache(
-        client,
-        prefix=prefix,
-        settings=CacheSettings.model_validate({"codec": "msgspec", "namespace": "mp"}),
+def manager(prefix: str, metrics: Metrics, name: str, **cache: Any) -> RedisManager:
+    """A manager as the runtime builds it, its cache hooked to metrics as `_observe` does."""
+    settings = Settings(
+        _env_file=None,
+        app={"name": "bench", "environment": "production"},
+        database={"url": sqlalchemy_url()},
+        redis={"url": REDIS_URL, "key_prefix": prefix},
+        cache=cache,
     )
-    raw_key = f"{prefix}raw"
-    await client.set(raw_key, json.dumps(USER.model_dump()))
-    data = USER.model_dump()
-    await json_cache.set("plain", data, TTL)
-    await json_cache.set("model", USER, TTL)
-    await json_cache.set("grouped", data, TTL, group="users")
-    await msgspec_cache.set("model", USER, TTL)
-    await msgspec_cache.set("plain", data, TTL)
-
-    @cached(json_cache, ttl=TTL, key=lambda user_id: "model")
-    async def load_user(user_id: int) -> User:
-        raise AssertionError("benchmark entry missing: the loader must not run on the hit path")
-
-    async def base_json() -> object:
-        return json.loads(await client.get(raw_key))  # type: ignore[arg-type]
-
-    async def base_model() -> object:
-        return User.model_validate_json(await client.get(raw_key))  # type: ignore[arg-type]
-
-    return {
-        "redis.get + json.loads": (base_json, None),
-        "get_or_set (json, plain)": (
-            lambda: json_cache.get_or_set("plain", _never, TTL),
-            "redis.get + json.loads",
-        ),
-        "get_or_set (json, group)": (
-            lambda: json_cache.get_or_set("grouped", _never, TTL, group="users"),
-            "redis.get + json.loads",
-        ),
-        "get_or_set (msgspec, plain)": (
-            lambda: msgspec_cache.get_or_set("plain", _never, TTL),
-            "redis.get + json.loads",
-        ),
-        "redis.get + model_validate_json": (base_model, None),
-        "get_or_set (json, model)": (
-            lambda: json_cache.get_or_set("model", _never, TTL, type_=User),
-            "redis.get + model_validate_json",
-        ),
-        "@cached (json, model)": (
-            lambda: load_user(42),
-            "redis.get + model_validate_json",
-        ),
-        "get_or_set (msgspec, model)": (
-            lambda: msgspec_cache.get_or_set("model", _never, TTL, type_=User),
-            "redis.get + model_validate_json",
-        ),
-    }
+    found = RedisManager(settings)
+    found.cache_metrics = metrics.cache(name)
+    return found
 
 
-async def _block(op: Op, ops: int) -> float:
-    start = time.perf_counter()
-    for _ in range(ops):
-        await op()
-    return (time.perf_counter() - start) / ops * 1e6
+class Variants:
+    """The operations by name and what they hold open."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.client = aioredis.Redis.from_url(REDIS_URL)
+        self.metrics = Metrics()
+        self.managers = [
+            manager(prefix, self.metrics, "default"),
+            manager(prefix, self.metrics, "msgspec", codec="msgspec", namespace="mp"),
+        ]
+
+    def events(self, cache: str, event: str) -> float:
+        """How many `event`s the metrics hook of `cache` has counted."""
+        labels = {"cache": cache, "event": event}
+        return self.metrics.registry.get_sample_value("cache_events_total", labels) or 0.0
+
+    async def build(self) -> dict[str, Op]:
+        """Fill the entries through the caches themselves, then return the operations."""
+        client = self.client
+        json_cache, msgspec_cache = (m.cache for m in self.managers)
+        for m in self.managers:
+            await m.start()
+        raw_key = f"{self.prefix}raw"
+        await client.set(raw_key, json.dumps(USER.model_dump()))
+        data = USER.model_dump()
+
+        def loader(value: object) -> Op:
+            async def load() -> object:
+                await asyncio.sleep(LOAD_TIME)
+                return value
+
+            return load
+
+        await json_cache.get_or_set("plain", loader(data), TTL)
+        await json_cache.get_or_set("model", loader(USER), TTL, type_=User)
+        await json_cache.get_or_set("grouped", loader(data), TTL, group="users")
+        await msgspec_cache.get_or_set("model", loader(USER), TTL, type_=User)
+        await msgspec_cache.get_or_set("plain", loader(data), TTL)
+        # Real fills, seen by the metrics hooks (their load time is in each entry).
+        assert self.events("default", "loader_calls") == 3
+        assert self.events("msgspec", "loader_calls") == 2
+
+        @cached(json_cache, ttl=TTL, key=lambda user_id: "model")
+        async def load_user(user_id: int) -> User:
+            raise AssertionError("benchmark entry missing: the loader must not run on the hit path")
+
+        async def base_json() -> object:
+            return json.loads(await client.get(raw_key))  # type: ignore[arg-type]
+
+        async def base_model() -> object:
+            return User.model_validate_json(await client.get(raw_key))  # type: ignore[arg-type]
+
+        ops: dict[str, Op] = {
+            BASE_JSON: base_json,
+            BASE_MODEL: base_model,
+            "get_or_set (json, plain)": lambda: json_cache.get_or_set("plain", _never, TTL),
+            "get_or_set (json, group)": lambda: json_cache.get_or_set(
+                "grouped", _never, TTL, group="users"
+            ),
+            "get_or_set (msgspec, plain)": lambda: msgspec_cache.get_or_set("plain", _never, TTL),
+            "get_or_set (json, model)": lambda: json_cache.get_or_set(
+                "model", _never, TTL, type_=User
+            ),
+            "@cached (json, model)": lambda: load_user(42),
+            "get_or_set (msgspec, model)": lambda: msgspec_cache.get_or_set(
+                "model", _never, TTL, type_=User
+            ),
+        }
+        for name, op in ops.items():  # every variant really hits, with the expected value
+            value = await op()
+            assert value in (data, USER), f"{name}: {value!r}"
+        assert self.events("default", "hits") == 4 and self.events("msgspec", "hits") == 2
+        return ops
+
+    async def close(self) -> None:
+        """Remove the keys, close the managers and the client."""
+        try:
+            keys = [k async for k in self.client.scan_iter(match=f"{self.prefix}*")]
+            if keys:
+                await self.client.delete(*keys)
+        finally:
+            for m in self.managers:
+                await m.close()
+            await self.client.aclose()
 
 
-async def run(url: str, rounds: int, ops: int) -> None:
-    client = aioredis.Redis.from_url(url)
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
+async def measure(rounds: int, ops: int) -> tuple[dict[str, float], dict[Pair, float]]:
+    """(median µs per call by operation, median ratio by pair)."""
+    variants = Variants(f"bench_cache_{uuid.uuid4().hex[:8]}:")
     try:
-        variants = await build(client, prefix)
-        for op, _ in variants.values():  # warm up connections, adapters and scripts
-            for _ in range(200):
-                await op()
-        compared = [name for name, (_, base) in variants.items() if base is not None]
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        ratios: dict[str, list[float]] = {name: [] for name in compared}
-        for r in range(rounds):
-            shift = r % len(compared)
-            for name in compared[shift:] + compared[:shift]:
-                op, base = variants[name]
-                assert base is not None
-                # Each variant runs right next to its baseline, in alternating order.
-                if r % 2:
-                    t_op = await _block(op, ops)
-                    t_base = await _block(variants[base][0], ops)
-                else:
-                    t_base = await _block(variants[base][0], ops)
-                    t_op = await _block(op, ops)
-                times[name].append(t_op)
-                times[base].append(t_base)
-                ratios[name].append(t_op / t_base)
-        print(f"rounds={rounds} ops/block={ops} redis={url}")
-        print(f"{'variant':34} {'median µs/op':>13} {'ratio':>7}")
-        for name in variants:
-            ratio = statistics.median(ratios[name]) if name in ratios else 1.0
-            print(f"{name:34} {statistics.median(times[name]):13.1f} {ratio:6.3f}x")
+        built = await variants.build()
+        return await paired_rounds(built, PAIRS, rounds, ops)
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        await variants.close()
+
+
+async def _main(rounds: int, ops: int) -> None:
+    times, ratios = await measure(rounds, ops)
+    print(f"rounds={rounds} ops/block={ops} redis={REDIS_URL}")
+    print(f"{'variant':34} {'median µs/op':>13} {'ratio':>7}")
+    for name in (BASE_JSON, BASE_MODEL):
+        print(f"{name:34} {times[name]:13.1f}")
+    for pair, ratio in ratios.items():
+        print(f"{pair.variant:34} {times[pair.variant]:13.1f} {ratio:6.3f}x  vs {pair.baseline}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--ops", type=int, default=300)
     args = parser.parse_args()
-    asyncio.run(run(args.redis_url, args.rounds, args.ops))
+    asyncio.run(_main(args.rounds, args.ops))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ class Served:
     cost: float
     """Throughput lost to the stack (a fraction)."""
     control: float
-    """The same figure for two processes that both run without the stack: the noise floor."""
+    """The same figure for two processes that both run without the stack: the noise floor.
+    Its distance from zero is the `noise` the summary's verdict allows above the limit."""
 
 
 async def measure_served(

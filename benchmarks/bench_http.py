@@ -1,20 +1,30 @@
-"""HTTP throughput of the example service against the hand-written anchors, one framework each.
+"""HTTP throughput of the example service against hand-written baselines, one framework at a time.
 
     python benchmarks/bench_http.py [--rounds N] [--seconds S] [--connections C]
 
-Four uvicorn servers (one worker each, loopback) run side by side for the whole run: the
-example app on FastAPI and on Litestar, the hand-written FastAPI app and Litestar with
-advanced-alchemy (`baseline_apps.py`). `wrk` (one thread, keep-alive) drives one server at a
-time, rotating over 100 users; each comparison runs its two servers back to back in
-alternating order, and the table shows median requests/s and the median per-round ratio.
-Target: every dualcore server at least 1.0x its anchor on `GET /users/{id}` and on the cached
-lookup `GET /users/{id}/cached`.
+For each framework three uvicorn servers (one worker each, loopback) run side by side: the
+example app, the seed-style baseline and the equal-work baseline (`baseline_apps.py`):
+
+- FastAPI: `fastapi-dualcore`, `fastapi-hand` (pre-ping, BEGIN/COMMIT, commit after the
+  handler) and `fastapi-hand-ro` (autocommit read-only engine, no pre-ping: one round trip);
+- Litestar: `litestar-dualcore`, `litestar-aa` (advanced-alchemy's plugin as documented:
+  BEGIN/COMMIT) and `litestar-aa-ro` (the same plugin on an autocommit read-only engine).
+
+`wrk` (one thread, keep-alive) drives one server at a time, rotating over 100 users; each round
+runs the three servers back to back, in an order that cycles through all six permutations, and
+the table shows median requests/s and the median per-round ratios dualcore/baseline. Against
+the seed style the ratio is what a user gains by switching; against the equal-work baseline it
+is what dualcore's own layer costs. Before the timed rounds the servers run once more behind a
+counting proxy (`pgwire.py`), which shows the database round trips per request of each.
+Target: every dualcore server at least 1.0x its seed-style anchor on `GET /users/{id}` and on
+the cached lookup `GET /users/{id}/cached`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -24,14 +34,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from _common import Dataset
+from pgwire import counting_proxy
 
 HERE = Path(__file__).resolve().parent
-PAIRS = [("fastapi-dualcore", "fastapi-hand"), ("litestar-dualcore", "litestar-aa")]
+GROUPS = {
+    "fastapi": ("fastapi-dualcore", "fastapi-hand", "fastapi-hand-ro"),
+    "litestar": ("litestar-dualcore", "litestar-aa", "litestar-aa-ro"),
+}
+"""Per framework: (dualcore, seed-style baseline, equal-work baseline)."""
 ENDPOINTS = {"GET /users/{id}": "/users/{id}", "GET /users/{id}/cached": "/users/{id}/cached"}
 USERS = 100
 
@@ -95,9 +111,15 @@ def stop_servers(servers: dict[str, Server]) -> None:
 
 
 async def wait_ready(
-    servers: dict[str, Server], ds: Dataset, workdir: str, timeout: float = 60
+    servers: dict[str, Server], ds: Dataset, workdir: str, timeout: float | None = None
 ) -> None:
-    """Poll every server until it answers both endpoints with 200, then fill the caches."""
+    """Poll every server until it answers both endpoints with 200, then fill the caches.
+
+    The servers start at once and compete for the CPU, so the default bound grows with their
+    number: 60 s plus 15 s a server.
+    """
+    if timeout is None:
+        timeout = 60 + 15 * len(servers)
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=5) as client:
         for server in servers.values():
@@ -166,41 +188,84 @@ def wrk(url: str, script: str, seconds: float, connections: int) -> float:
 
 @dataclass
 class HttpResult:
-    """Median requests/s by (server, endpoint) and median ratio by (ours, endpoint)."""
+    """Median requests/s by (server, endpoint), median ratio by (ours, baseline, endpoint), and
+    database round trips per request by (server, endpoint)."""
 
     rps: dict[tuple[str, str], float]
     ratios: dict[tuple[str, str, str], float]
+    trips: dict[tuple[str, str], str]
+
+
+async def count_round_trips(
+    ds: Dataset, names: Sequence[str], workdir: str, requests: int = 50
+) -> dict[tuple[str, str], str]:
+    """Database round trips per request of each server, counted on the wire by a proxy.
+
+    The servers run behind the proxy for this only (it would slow the timed runs down); each
+    is warmed up (pools open, statements prepared, caches filled), then sent `requests`
+    sequential requests per endpoint.
+    """
+    found: dict[tuple[str, str], str] = {}
+    async with counting_proxy() as (port, counter):
+        via = ds.via(port)
+        servers = start_servers(via, list(names), workdir)
+        try:
+            await wait_ready(servers, via, workdir)
+            async with httpx.AsyncClient(timeout=10) as client:
+                for server in servers.values():
+                    for label, template in ENDPOINTS.items():
+                        paths = [template.format(id=u) for u in ds.ids[:USERS]]
+                        for path in paths[:20]:
+                            (await client.get(server.base + path)).raise_for_status()
+                        counter.reset()
+                        for i in range(requests):
+                            r = await client.get(server.base + paths[i % len(paths)])
+                            r.raise_for_status()
+                        found[(server.name, label)] = counter.describe(requests)
+        finally:
+            stop_servers(servers)
+    return found
+
+
+ORDERS = list(itertools.permutations(range(3)))
 
 
 async def measure(ds: Dataset, rounds: int, seconds: float, connections: int) -> HttpResult:
-    """Start the servers, run the interleaved rounds, stop the servers."""
+    """For each framework: count round trips, start the servers, run the rounds, stop them."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found (Debian: apt-get install wrk)")
-    names = [n for pair in PAIRS for n in pair]
-    workdir = tempfile.mkdtemp(prefix="dualcore-bench-")
-    servers = start_servers(ds, names, workdir)
-    try:
-        scripts = await prepare(servers, ds, workdir, connections)
-        rps: dict[tuple[str, str], list[float]] = {}
-        ratios: dict[tuple[str, str, str], list[float]] = {}
-        for r in range(rounds):
-            for label, script in scripts.items():
-                for ours, anchor in PAIRS:
-                    order = (ours, anchor) if r % 2 == 0 else (anchor, ours)
-                    got = {
-                        name: wrk(servers[name].base, script, seconds, connections)
-                        for name in order
-                    }
-                    for name, value in got.items():
-                        rps.setdefault((name, label), []).append(value)
-                    ratios.setdefault((ours, anchor, label), []).append(got[ours] / got[anchor])
-        return HttpResult(
-            {k: statistics.median(v) for k, v in rps.items()},
-            {k: statistics.median(v) for k, v in ratios.items()},
-        )
-    finally:
-        stop_servers(servers)
-        shutil.rmtree(workdir, ignore_errors=True)
+    rps: dict[tuple[str, str], list[float]] = {}
+    ratios: dict[tuple[str, str, str], list[float]] = {}
+    trips: dict[tuple[str, str], str] = {}
+    for names in GROUPS.values():
+        ours, *baselines = names
+        workdir = tempfile.mkdtemp(prefix="dualcore-bench-")
+        try:
+            trips.update(await count_round_trips(ds, names, workdir))
+            servers = start_servers(ds, list(names), workdir)
+            try:
+                scripts = await prepare(servers, ds, workdir, connections)
+                for r in range(rounds):
+                    for label, script in scripts.items():
+                        order = [names[i] for i in ORDERS[r % len(ORDERS)]]
+                        got = {
+                            name: wrk(servers[name].base, script, seconds, connections)
+                            for name in order
+                        }
+                        for name, value in got.items():
+                            rps.setdefault((name, label), []).append(value)
+                        for base in baselines:
+                            ratio = got[ours] / got[base]
+                            ratios.setdefault((ours, base, label), []).append(ratio)
+            finally:
+                stop_servers(servers)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return HttpResult(
+        {k: statistics.median(v) for k, v in rps.items()},
+        {k: statistics.median(v) for k, v in ratios.items()},
+        trips,
+    )
 
 
 async def _main(rounds: int, seconds: float, connections: int) -> None:
@@ -211,11 +276,11 @@ async def _main(rounds: int, seconds: float, connections: int) -> None:
     finally:
         await ds.drop()
     print(f"rounds={rounds} seconds/run={seconds} connections={connections}")
-    for (ours, anchor, label), ratio in result.ratios.items():
-        print(
-            f"{label:24} {ours:18} {result.rps[(ours, label)]:8.0f} req/s  "
-            f"{anchor:14} {result.rps[(anchor, label)]:8.0f} req/s  ratio {ratio:.3f}x"
-        )
+    for (name, label), value in result.rps.items():
+        trips = result.trips[(name, label)]
+        print(f"{label:24} {name:18} {value:8.0f} req/s  db round trips {trips}")
+    for (ours, base, label), ratio in result.ratios.items():
+        print(f"{label:24} {ours:18} vs {base:18} {ratio:.3f}x")
 
 
 def main() -> None:

@@ -1,22 +1,29 @@
 """Every benchmark of the performance targets, in one run, summarised in one table of ratios.
 
     python benchmarks/run_all.py [--quick] [--only session,cache,http,memory,middleware]
+                                 [--out benchmarks/results/latest.md]
 
 Needs PostgreSQL and Redis (BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1:5432/test;
-BENCH_REDIS_URL, default redis://127.0.0.1:6379/0) and `wrk` on the PATH for the HTTP part.
+BENCH_REDIS_URL, default redis://127.0.0.1:6379/0) and `wrk` on the PATH for the HTTP parts.
 Each part works on its own schema and key prefix and removes them afterwards. The machine may
 be shared and noisy: every comparison runs its variants back to back in alternating order and
-reports the median of the per-round ratios. `--quick` runs a short version (for development;
-its figures are indicative only).
+reports the median of the per-round ratios. The table is printed and written to `--out`.
 
 | part | what is compared | target |
 |---|---|---|
 | session | primary-key read, one task: read-only session vs asyncpg `fetchrow` | <= 1.5x |
 | session | read-write session vs the same code by hand, same engine options | <= 1.05x |
 | cache | `get_or_set` hit vs `redis.get` + decode (json dict; pydantic model) | <= 1.2x |
-| http | example app vs hand-written FastAPI / Litestar + advanced-alchemy, req/s | >= 1.0x |
-| memory | RSS after 100,000 requests vs after the first 10,000 | <= 1.05x |
+| http | example app vs the seed-style FastAPI app / Litestar + advanced-alchemy, req/s | >= 1.0x |
+| memory | RSS after 100,000 requests (new ids all along) vs after the first 10,000 | <= 1.05x |
 | middleware | example app served with the observability stack vs without, req/s lost | <= 10% |
+
+Next to the seed-style baselines, the session and HTTP parts also run an equal-work baseline
+(the same one-round-trip read by hand: autocommit read-only engine, no pre-ping) and print
+both ratios, as information: what a user gains by switching, and what dualcore's layer costs.
+
+Verdicts and exit code: see `LEGEND`. `--quick` runs a short version whose figures are printed
+without any verdict (too short to judge).
 """
 
 from __future__ import annotations
@@ -26,42 +33,74 @@ import asyncio
 import shlex
 import sys
 import time
-import uuid
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import bench_cache
 import bench_example_middleware
 import bench_http
 import bench_memory
 import bench_session
-import redis.asyncio as aioredis
-from _common import REDIS_URL, Dataset, Pair, machine, paired_rounds
+from _common import Dataset, Pair, machine
 
 PARTS = ["session", "cache", "http", "memory", "middleware"]
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.md"
+
+PASS, MISS, NOISE, QUICK_VERDICT = "pass", "MISS", "within noise", "quick, no verdict"
+EXIT_MET, EXIT_MISSED, EXIT_ERROR, EXIT_NOISE = 0, 1, 2, 3
+
+LEGEND = f"""\
+Verdicts: "{PASS}" when the measured figure is within its limit; "{MISS}" when it is not.
+The observability rows have a control: a second server without the stack, measured in the
+same rounds, whose "loss" can only be noise. Their noise column is that control's loss taken
+as a distance from zero, and the rule is: "{PASS}" when the loss <= the limit, "{MISS}" only
+when the loss > the limit + noise, "{NOISE}" in between. Rows without a limit are information.
+A --quick run is too short to judge: its targets read "{QUICK_VERDICT}".
+Ratios of times (session, cache) are variant/baseline, lower is better; HTTP ratios are req/s
+dualcore/baseline, higher is better.
+Exit code: {EXIT_MET} every target met (or a --quick run); {EXIT_MISSED} at least one {MISS};
+{EXIT_NOISE} no {MISS} but at least one "{NOISE}"; {EXIT_ERROR} the run could not complete."""
 
 
 @dataclass
 class Row:
-    """One line of the summary: a measured figure against its limit."""
+    """One line of the summary: a measured figure against its limit (None: information)."""
 
     target: str
     measured: float
-    limit: float
+    limit: float | None
     higher_is_better: bool = False
     unit: str = "x"
+    noise: float | None = None
+    """Allowance above the limit before a loss is a miss (from a control), in `unit`."""
     detail: str = ""
 
-    @property
-    def passed(self) -> bool:
-        return self.measured >= self.limit if self.higher_is_better else self.measured <= self.limit
+    def verdict(self, quick: bool) -> str:
+        """pass / MISS / within noise; "" for information; no verdict in a quick run."""
+        if self.limit is None:
+            return ""
+        if quick:
+            return QUICK_VERDICT
+        if self.higher_is_better:
+            return PASS if self.measured >= self.limit else MISS
+        if self.measured <= self.limit:
+            return PASS
+        if self.measured > self.limit + (self.noise or 0.0):
+            return MISS
+        return NOISE
 
-    def cells(self) -> tuple[str, str, str, str, str]:
+    def cells(self, quick: bool) -> tuple[str, ...]:
         if self.unit == "%":
-            measured, limit = f"{self.measured:+.1f}%", f"<= {self.limit:.0f}%"
+            measured = f"{self.measured:+.1f}%"
+            limit = "" if self.limit is None else f"<= {self.limit:.0f}%"
+            noise = "" if self.noise is None else f"{self.noise:.1f}%"
         else:
             measured = f"{self.measured:.3f}x"
-            limit = f"{'>=' if self.higher_is_better else '<='} {self.limit:.2f}x"
-        return self.target, measured, limit, "pass" if self.passed else "MISS", self.detail
+            sign = ">=" if self.higher_is_better else "<="
+            limit = "" if self.limit is None else f"{sign} {self.limit:.2f}x"
+            noise = "" if self.noise is None else f"{self.noise:.3f}x"
+        return self.target, measured, limit, noise, self.verdict(quick), self.detail
 
 
 @dataclass
@@ -82,7 +121,7 @@ class Plan:
     middleware_cpu_requests: int
 
 
-FULL = Plan(21, 300, 21, 300, 7, 5, 16, 100_000, 18, 2, 41, 200)
+FULL = Plan(21, 300, 21, 300, 6, 5, 16, 100_000, 18, 2, 41, 200)
 QUICK = Plan(5, 150, 5, 150, 2, 2, 16, 20_000, 6, 1, 9, 200)
 
 
@@ -95,62 +134,53 @@ async def session_part(ds: Dataset, plan: Plan) -> list[Row]:
     times, ratios = await bench_session.measure(ds, plan.session_rounds, plan.session_ops)
     for name, t in times.items():
         _say(f"  {name:24} {t:8.1f} µs/read  round trips/read {trips[name]}")
+
+    def row(pair: Pair, target: str, limit: float | None, note: str = "") -> Row:
+        t_var, t_base = times[pair.variant], times[pair.baseline]
+        rt_var, rt_base = trips[pair.variant].split()[0], trips[pair.baseline].split()[0]
+        detail = f"{t_var:.0f} vs {t_base:.0f} µs; round trips {rt_var} vs {rt_base}"
+        return Row(target, ratios[pair], limit, detail=f"{detail}{note}")
+
     return [
-        Row(
-            "1 read-only session vs asyncpg (PK read)",
-            ratios["dualcore read-only"],
-            1.5,
-            detail=f"{times['dualcore read-only']:.0f} vs {times['asyncpg']:.0f} µs; "
-            f"round trips {trips['dualcore read-only'].split()[0]} vs "
-            f"{trips['asyncpg'].split()[0]}",
+        row(bench_session.RO_TARGET, "1 read-only session vs asyncpg (PK read)", 1.5),
+        row(bench_session.RW_TARGET, "1 read-write session vs same code by hand", 1.05),
+        row(bench_session.SWITCH, "  read-only session vs seed style (gain by switching)", None),
+        row(
+            bench_session.OWN_COST,
+            "  read-only session vs equal work by hand (own layer)",
+            None,
+            "; autocommit read-only engine, no pre-ping",
         ),
-        Row(
-            "1 read-write session vs same code by hand",
-            ratios["dualcore read-write"],
-            1.05,
-            detail=f"{times['dualcore read-write']:.0f} vs {times['hand rw (same engine)']:.0f} µs",
-        ),
-        Row(
-            "  (info) seed style vs asyncpg",
-            ratios["seed style"],
-            float("inf"),
-            detail=f"round trips {trips['seed style'].split()[0]}",
-        ),
-        Row(
-            "  (info) hand-written read-only vs asyncpg",
-            ratios["hand ro (same engine)"],
-            float("inf"),
-            detail="same engine as dualcore's read-only one, no wrapper",
-        ),
+        row(Pair("seed style", "asyncpg"), "  seed style vs asyncpg", None),
+        row(Pair("hand ro (equal work)", "asyncpg"), "  equal work by hand vs asyncpg", None),
     ]
 
 
 async def cache_part(plan: Plan) -> list[Row]:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    prefix = f"bench_cache_{uuid.uuid4().hex[:8]}:"
-    try:
-        variants = await bench_cache.build(client, prefix)
-        ops = {name: op for name, (op, _) in variants.items()}
-        compared = {
-            "get_or_set (json, plain)": "json dict",
-            "get_or_set (json, model)": "pydantic model",
-        }
-        pairs = [Pair(name, variants[name][1] or "") for name in compared]
-        times, ratios = await paired_rounds(ops, pairs, plan.cache_rounds, plan.cache_ops)
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-    return [
+    times, ratios = await bench_cache.measure(plan.cache_rounds, plan.cache_ops)
+    for name, t in times.items():
+        _say(f"  {name:34} {t:8.1f} µs/call")
+    rows = [
         Row(
             f"2 get_or_set hit vs redis.get + decode ({kind})",
-            ratios[name],
+            ratios[pair],
             1.2,
-            detail=f"{times[name]:.0f} vs {times[variants[name][1] or '']:.0f} µs",
+            detail=f"{times[pair.variant]:.0f} vs {times[pair.baseline]:.0f} µs; "
+            "RedisManager(settings).cache, metrics hook on",
         )
-        for name, kind in compared.items()
+        for pair, kind in bench_cache.TARGETS.items()
     ]
+    rows += [
+        Row(
+            f"  {pair.variant} vs {pair.baseline}",
+            ratio,
+            None,
+            detail=f"{times[pair.variant]:.0f} vs {times[pair.baseline]:.0f} µs",
+        )
+        for pair, ratio in ratios.items()
+        if pair not in bench_cache.TARGETS
+    ]
+    return rows
 
 
 async def http_part(ds: Dataset, plan: Plan) -> list[Row]:
@@ -158,31 +188,39 @@ async def http_part(ds: Dataset, plan: Plan) -> list[Row]:
         ds, plan.http_rounds, plan.http_seconds, plan.http_connections
     )
     rows = []
-    for (ours, anchor, label), ratio in result.ratios.items():
-        rows.append(
-            Row(
-                f"3 {label} {ours} vs {anchor}",
-                ratio,
-                1.0,
-                higher_is_better=True,
-                detail=f"{result.rps[(ours, label)]:.0f} vs "
-                f"{result.rps[(anchor, label)]:.0f} req/s",
-            )
-        )
+    for ours, seed, equal in bench_http.GROUPS.values():
+        for label in bench_http.ENDPOINTS:
+            for base, kind, limit in ((seed, "seed style", 1.0), (equal, "equal work", None)):
+                rt_ours = result.trips[(ours, label)].split()[0]
+                rt_base = result.trips[(base, label)].split()[0]
+                rows.append(
+                    Row(
+                        f"{'3' if limit else ' '} {label} {ours} vs {base} ({kind})",
+                        result.ratios[(ours, base, label)],
+                        limit,
+                        higher_is_better=True,
+                        detail=f"{result.rps[(ours, label)]:.0f} vs "
+                        f"{result.rps[(base, label)]:.0f} req/s; "
+                        f"db round trips/request {rt_ours} vs {rt_base}",
+                    )
+                )
     return rows
 
 
-async def memory_part(ds: Dataset, plan: Plan) -> list[Row]:
+async def memory_part(plan: Plan) -> list[Row]:
     rows = []
     n = plan.memory_requests
     for framework in ("fastapi", "litestar"):
-        early, late = await bench_memory.measure(ds, framework, n)
+        # A fresh process and a data set of its own: a user for every request, so the key
+        # space grows all run long.
+        r = await bench_memory.measure_isolated(framework, n)
         rows.append(
             Row(
-                f"4 RSS after {n:,} / after {n // 10:,} requests ({framework})",
-                late / early,
+                f"4 RSS after {n:,} / after {r.first:,} requests ({framework})",
+                r.ratio,
                 1.05,
-                detail=f"{early / 2**20:.1f} -> {late / 2**20:.1f} MiB",
+                detail=f"{r.early / 2**20:.1f} -> {r.late / 2**20:.1f} MiB, "
+                f"{r.per_request:+.0f} bytes/request; new ids all along",
             )
         )
     return rows
@@ -197,21 +235,22 @@ async def middleware_part(ds: Dataset, plan: Plan) -> list[Row]:
     )
     rows = [
         Row(
-            f"5 observability stack, throughput ({framework}, {label})",
+            f"5 observability stack, req/s lost ({framework}, {label})",
             row.cost * 100,
             10,
             unit="%",
+            noise=abs(row.control) * 100,
             detail=f"{row.rps:.0f} req/s with it; control {row.control * 100:+.1f}%",
         )
         for (framework, label), row in served.items()
     ]
     rows += [
         Row(
-            f"  (app CPU share in process, {framework}, {label})",
+            f"  app CPU share in process ({framework}, {label})",
             cost * 100,
-            float("inf"),
+            None,
             unit="%",
-            detail=f"{us:.0f} µs CPU/request with it",
+            detail=f"{us:.0f} µs CPU/request with it; an upper bound",
         )
         for (framework, label), (us, cost) in cpu.items()
     ]
@@ -232,7 +271,7 @@ async def run(parts: list[str], plan: Plan) -> list[Row]:
             elif part == "http":
                 rows += await http_part(ds, plan)
             elif part == "memory":
-                rows += await memory_part(ds, plan)
+                rows += await memory_part(plan)
             elif part == "middleware":
                 rows += await middleware_part(ds, plan)
     finally:
@@ -240,23 +279,70 @@ async def run(parts: list[str], plan: Plan) -> list[Row]:
     return rows
 
 
-def render(rows: list[Row]) -> str:
-    header = ("target", "measured", "limit", "result", "detail")
-    cells = [r.cells() for r in rows]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(5)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("-|-".join("-" * w for w in widths))
-    for c, row in zip(cells, rows, strict=True):
-        if row.limit == float("inf"):
-            c = (c[0], c[1], "", "", c[4])
-        lines.append(" | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+HEADER = ("target", "measured", "limit", "noise", "verdict", "detail")
+
+
+def render(rows: list[Row], quick: bool) -> str:
+    """The rows as a Markdown table, columns aligned for the terminal."""
+    cells = [HEADER, *(r.cells(quick) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+
+    def line(values: tuple[str, ...]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    lines = [line(HEADER), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [line(c) for c in cells[1:]]
     return "\n".join(lines)
 
 
-def main() -> None:
+def outcome(rows: list[Row], quick: bool) -> tuple[int, str]:
+    """(exit code, summary line) from the verdicts."""
+    verdicts = [r.verdict(quick) for r in rows if r.limit is not None]
+    if quick:
+        return EXIT_MET, f"quick run: {len(verdicts)} target(s) measured, none judged"
+    missed, noisy = verdicts.count(MISS), verdicts.count(NOISE)
+    if missed:
+        return EXIT_MISSED, f"{missed} of {len(verdicts)} target(s) missed" + (
+            f", {noisy} within noise" if noisy else ""
+        )
+    if noisy:
+        return EXIT_NOISE, f"no target missed; {noisy} of {len(verdicts)} within noise"
+    return EXIT_MET, f"all {len(verdicts)} target(s) met"
+
+
+def report(rows: list[Row], quick: bool, elapsed: float) -> tuple[int, str]:
+    """(exit code, the whole report as Markdown)."""
+    code, summary = outcome(rows, quick)
+    text = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"- machine: {machine()}",
+            f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
+            f"- run: {'quick' if quick else 'full'}, {elapsed:.0f} s, "
+            f"finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+            "",
+            render(rows, quick),
+            "",
+            LEGEND,
+            "",
+            f"**{summary}** (exit code {code})",
+            "",
+        ]
+    )
+    return code, text
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="short run, indicative figures")
+    parser.add_argument("--quick", action="store_true", help="short run, figures only, no verdict")
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"where the table is written as well (default {DEFAULT_OUT})",
+    )
     args = parser.parse_args()
     parts = [p for p in args.only.split(",") if p]
     unknown = set(parts) - set(PARTS)
@@ -264,17 +350,20 @@ def main() -> None:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
-    rows = asyncio.run(run(parts, plan))
+    try:
+        rows = asyncio.run(run(parts, plan))
+    except Exception:
+        traceback.print_exc()
+        _say("the run did not complete: no verdict")
+        return EXIT_ERROR
+    code, text = report(rows, args.quick, time.monotonic() - started)
     print()
-    print(f"machine: {machine()}")
-    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
-    print(f"run: {'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f} s")
-    print()
-    print(render(rows))
-    missed = [r for r in rows if r.limit != float("inf") and not r.passed]
-    print()
-    print(f"{len(missed)} target(s) missed" if missed else "all targets met")
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    _say(f"written to {args.out}")
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,38 +99,6 @@ def _executable(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("#!/bin/sh\nexit 0\n")
     path.chmod(0o755)
-
-
-@pytest.fixture
-def tmp_path(tmp_path: Path) -> Iterator[Path]:
-    """pytest's `tmp_path`; afterwards the data of the servers made in it is deleted, also
-    where it was moved for the server account to reach it."""
-    yield tmp_path
-    for path in [tmp_path, *tmp_path.rglob("*")]:
-        if path.is_symlink():
-            EmbeddedRedis(path).delete()
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """One PostgreSQL for the module; tests that stop it start it again."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg") / "data")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.delete()
-
-
-@pytest.fixture(scope="module")
-def rds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """One Redis for the module; tests that stop it start it again."""
-    server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis") / "data")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.delete()
 
 
 # --- binaries --------------------------------------------------------------------------------
@@ -451,7 +418,7 @@ def test_servers_left_running_are_stopped_at_exit(tmp_path: Path) -> None:
         text=True,
         timeout=30,
         check=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
     )
     pid = int(out.stdout.strip())
     assert not _running(pid)

@@ -9,7 +9,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -82,36 +81,6 @@ async def _pg_user(dsn: str) -> str:
         return str(await conn.fetchval("SELECT current_user"))
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def tmp_path(tmp_path: Path) -> Iterator[Path]:
-    """pytest's `tmp_path`; afterwards the data of the servers made in it is deleted, also
-    where it was moved for the server account to reach it."""
-    yield tmp_path
-    for path in [tmp_path, *tmp_path.rglob("*")]:
-        if path.is_symlink():
-            EmbeddedRedis(path).delete()
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("secure-pg") / "data")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.delete()
-
-
-@pytest.fixture(scope="module")
-def rds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("secure-redis") / "data")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.delete()
 
 
 # --- finding: the servers were open to every local user ---------------------------------------

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from core.models import Base, TimestampMixin, UUIDPrimaryKeyMixin
     from core.redis_client import RedisManager, redis_manager
     from core.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy, retry
-    from core.runtime import DependencyUnavailable, Lifespan, combine_lifespans, lifespan
+    from core.runtime import Core, DependencyUnavailable, combine_lifespans, lifespan
 
 __version__ = "0.1.0"
 
@@ -36,7 +36,7 @@ _HOMES = {
     "db_manager": "core.database",
     "RedisManager": "core.redis_client",
     "redis_manager": "core.redis_client",
-    "Lifespan": "core.runtime",
+    "Core": "core.runtime",
     "lifespan": "core.runtime",
     "combine_lifespans": "core.runtime",
     "DependencyUnavailable": "core.runtime",
@@ -60,11 +60,11 @@ __all__ = [
     "CacheUnavailable",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Core",
     "DatabaseManager",
     "DependencyUnavailable",
     "HealthRegistry",
     "HealthReport",
-    "Lifespan",
     "ReadOnlySessionError",
     "RedisManager",
     "ResourceClosedError",

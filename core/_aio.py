@@ -7,6 +7,8 @@ import sys
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import anyio
+
 T = TypeVar("T")
 
 if sys.version_info >= (3, 11):
@@ -33,19 +35,27 @@ async def finish_shielded(aw: Awaitable[T]) -> T:
     (returning a connection to its pool) is never cut in half. Callers bound `aw` with a timeout.
     """
     task = _start(aw)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                # The shielded work itself was cancelled, not the waiter.
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError as exc:
+        if task.done():
+            # The shielded work itself was cancelled, not the waiter.
+            raise
+        cancellation = exc
+    # An anyio cancel scope (Litestar, Starlette's task groups, a test's deadline) delivers its
+    # cancellation again at every turn of the event loop until the task leaves the scope: waiting
+    # on without an anyio shield would spin a core for as long as the cleanup takes. Entered
+    # only once cancelled, so the usual path pays nothing for it.
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:  # a plain asyncio cancellation, delivered once
+                if task.done():
+                    raise
+    # The first cancellation, with the message its canceller (an anyio scope) recognises.
+    raise cancellation
 
 
 def _start(aw: Awaitable[T]) -> asyncio.Future[T]:

@@ -31,12 +31,15 @@ def _load_settings() -> Any:
 
 async def _check(settings: Any, as_json: bool) -> int:
     from core.database import DatabaseManager
+    from core.diagnosis import diagnose
     from core.redis_client import RedisManager
+    from core.runtime import secrets_of
 
+    secrets = secrets_of(settings)
     rows: list[dict[str, Any]] = []
-    for name, manager, hint in (
-        ("PostgreSQL", DatabaseManager(settings), "DATABASE_URL"),
-        ("Redis", RedisManager(settings), "REDIS_URL"),
+    for name, manager in (
+        ("PostgreSQL", DatabaseManager(settings)),
+        ("Redis", RedisManager(settings)),
     ):
         row: dict[str, Any] = {"dependency": name, "url": manager.safe_url}
         try:
@@ -48,8 +51,8 @@ async def _check(settings: Any, as_json: bool) -> int:
                 version=await asyncio.wait_for(manager.server_version(), 10),
             )
         except Exception as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
-            row.update(status="fail", error=reason, hint=f"is the server up? check {hint}")
+            found = diagnose(exc, name, secrets)
+            row.update(status="fail", error=found.cause, message=found.message, hint=found.hint)
         finally:
             try:
                 await manager.close()
@@ -67,7 +70,9 @@ async def _check(settings: Any, as_json: bool) -> int:
         print(f"{'dependency':<12} {'status':<7} {'latency':>10}  {'version / error'}")
         for row in rows:
             shown = f"{row['latency_ms']:.2f} ms" if "latency_ms" in row else "-"
-            detail = row.get("version") or f"{row['error']} at {row['url']} ({row['hint']})"
+            detail = row.get("version") or (
+                f"{row['error']} at {row['url']}: {row['message']} (hint: {row['hint']})"
+            )
             print(f"{row['dependency']:<12} {row['status']:<7} {shown:>10}  {detail}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -52,17 +52,31 @@ class _Group(BaseModel):
 class AppSettings(_Group):
     """Identity and mode of the running service."""
 
-    name: str = Field("dualcore", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
-    environment: Environment = "development"
+    name: str = Field(
+        "dualcore",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="the service's name: PostgreSQL application_name, Redis client name",
+    )
+    environment: Environment = Field(
+        "development",
+        description="production requires both URLs and refuses embedded servers",
+    )
     startup_timeout: float = Field(30.0, gt=0, le=600, description="total wait for dependencies")
-    shutdown_timeout: float = Field(10.0, gt=0, le=600)
+    shutdown_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds allowed to close each resource at shutdown"
+    )
 
 
 class DatabaseSettings(_Group):
     """PostgreSQL connection and pool settings (asyncpg driver)."""
 
-    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-    password: SecretStr | None = None
+    url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
+        description="PostgreSQL URL, normalised to asyncpg; `embedded` starts a local server",
+    )
+    password: SecretStr | None = Field(None, description="taken out of `url` when it has one")
     # NoDecode: the validator takes a JSON list or a comma-separated list from the environment.
     replica_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="read-only sessions use these; JSON or comma list"
@@ -82,21 +96,30 @@ class DatabaseSettings(_Group):
     replica_cooloff: float = Field(
         5.0, gt=0, le=3600, description="seconds a replica that failed to connect is skipped"
     )
-    pool_size: int = Field(10, ge=1, le=1000)
-    max_overflow: int = Field(10, ge=0, le=1000)
+    pool_size: int = Field(10, ge=1, le=1000, description="connections kept open in the pool")
+    max_overflow: int = Field(
+        10, ge=0, le=1000, description="connections opened beyond `pool_size` under load"
+    )
     pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
     pool_recycle: int = Field(1800, ge=-1, description="seconds; -1 never recycles")
-    pool_pre_ping: bool = False
+    pool_pre_ping: bool = Field(
+        False, description="check each connection with a round trip before handing it out"
+    )
     statement_timeout: float = Field(30.0, ge=0, le=86400, description="seconds; 0 disables")
     command_timeout: float | None = Field(
         None, gt=0, le=86400, description="client-side bound; default statement_timeout + 5s"
     )
-    connect_timeout: float = Field(5.0, gt=0, le=300)
-    application_name: str | None = Field(None, max_length=63)
-    search_path: str | None = Field(
-        None, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(, *[A-Za-z_][A-Za-z0-9_$]*)*$"
+    connect_timeout: float = Field(5.0, gt=0, le=300, description="seconds to open a connection")
+    application_name: str | None = Field(
+        None, max_length=63, description="shown in pg_stat_activity; default `app.name`"
     )
-    echo: bool = False
+    search_path: str | None = Field(
+        None,
+        max_length=200,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(, *[A-Za-z_][A-Za-z0-9_$]*)*$",
+        description="schemas set at connect (not behind PgBouncer)",
+    )
+    echo: bool = Field(False, description="log every statement (SQLAlchemy's echo)")
     pgbouncer: bool = Field(
         False, description="behind PgBouncer: unnamed statements, no startup parameters"
     )
@@ -165,21 +188,39 @@ class DatabaseSettings(_Group):
 class RedisSettings(_Group):
     """Redis connection and pool settings."""
 
-    url: str = "redis://127.0.0.1:6379/0"
-    password: SecretStr | None = None
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis://, rediss://, redis+sentinel://, redis+cluster:// or `embedded`",
+    )
+    password: SecretStr | None = Field(None, description="taken out of `url` when it has one")
     sentinel_password: SecretStr | None = Field(None, description="for redis+sentinel:// URLs")
     secret_options: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="secret URL query options (ssl_password...), taken out of `url`; JSON object",
         repr=False,
     )
-    max_connections: int = Field(50, ge=1, le=10000)
+    max_connections: int = Field(
+        50, ge=1, le=10000, description="size of the connection pool (per node in a cluster)"
+    )
     pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection")
-    socket_timeout: float = Field(2.0, gt=0, le=300)
-    socket_connect_timeout: float = Field(2.0, gt=0, le=300)
-    health_check_interval: int = Field(30, ge=0, le=3600)
-    retry_attempts: int = Field(3, ge=0, le=10)
-    key_prefix: str = Field("dualcore:", max_length=64, pattern=r"^[^\s*?\[\]{}]*$")
+    socket_timeout: float = Field(
+        2.0, gt=0, le=300, description="seconds to wait for a command's reply"
+    )
+    socket_connect_timeout: float = Field(
+        2.0, gt=0, le=300, description="seconds to open a connection"
+    )
+    health_check_interval: int = Field(
+        30, ge=0, le=3600, description="idle seconds after which a connection is PINGed; 0 never"
+    )
+    retry_attempts: int = Field(
+        3, ge=0, le=10, description="retries of a command after a connection error"
+    )
+    key_prefix: str = Field(
+        "dualcore:",
+        max_length=64,
+        pattern=r"^[^\s*?\[\]{}]*$",
+        description="prefix of every key the cache writes",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -211,11 +252,21 @@ class RedisSettings(_Group):
 class CacheSettings(_Group):
     """Cache behaviour on top of Redis."""
 
-    enabled: bool = True
-    namespace: str = Field("cache", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
-    default_ttl: float = Field(300.0, gt=0, le=365 * 86400)
-    max_key_length: int = Field(200, ge=128, le=4096)
-    codec: Literal["json", "msgspec"] = "json"
+    enabled: bool = Field(True, description="false: every call runs the loader")
+    namespace: str = Field(
+        "cache",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="part of every key, after `redis.key_prefix`",
+    )
+    default_ttl: float = Field(
+        300.0, gt=0, le=365 * 86400, description="seconds an entry lives unless a call says"
+    )
+    max_key_length: int = Field(
+        200, ge=128, le=4096, description="longer keys keep their head and hash the rest"
+    )
+    codec: Literal["json", "msgspec"] = Field("json", description="how values are encoded")
     operation_timeout: float = Field(0.25, gt=0, le=30, description="bound on one cache call")
     lock_ttl: float = Field(10.0, gt=0, le=3600, description="cross-process fill lock lifetime")
     lock_wait: float = Field(5.0, ge=0, le=3600, description="max wait for another filler")
@@ -225,32 +276,49 @@ class CacheSettings(_Group):
 class ResilienceSettings(_Group):
     """Retry and circuit breaker policy."""
 
-    retry_attempts: int = Field(3, ge=1, le=20)
-    retry_max_time: float = Field(5.0, gt=0, le=600)
-    retry_base_delay: float = Field(0.05, gt=0, le=60)
-    retry_max_delay: float = Field(1.0, gt=0, le=600)
-    breaker_failure_threshold: int = Field(5, ge=1, le=1000)
-    breaker_reset_timeout: float = Field(10.0, gt=0, le=3600)
-    breaker_half_open_max_calls: int = Field(1, ge=1, le=100)
+    retry_attempts: int = Field(3, ge=1, le=20, description="tries in all, the first included")
+    retry_max_time: float = Field(
+        5.0, gt=0, le=600, description="seconds after which no retry starts"
+    )
+    retry_base_delay: float = Field(
+        0.05, gt=0, le=60, description="first backoff, seconds (full jitter, doubling)"
+    )
+    retry_max_delay: float = Field(1.0, gt=0, le=600, description="cap of one backoff, seconds")
+    breaker_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="failures in a row that open a breaker"
+    )
+    breaker_reset_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds an open breaker fails fast before a probe"
+    )
+    breaker_half_open_max_calls: int = Field(
+        1, ge=1, le=100, description="probes at once while half open"
+    )
 
 
 class ObservabilitySettings(_Group):
     """Logging, metrics and tracing."""
 
-    log_format: Literal["json", "logfmt"] = "json"
-    access_log: bool = True
-    metrics_enabled: bool = True
-    metrics_path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9/_-]*$")
+    log_format: Literal["json", "logfmt"] = Field("json", description="access log line format")
+    access_log: bool = Field(True, description="one line per request on `dualcore.access`")
+    metrics_enabled: bool = Field(True, description="false: no metrics counted or served")
+    metrics_path: str = Field(
+        "/metrics", pattern=r"^/[A-Za-z0-9/_-]*$", description="path of the metrics endpoint"
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve metrics on this port only, not on the app's"
     )
     metrics_host: str = Field(
         "0.0.0.0", min_length=1, max_length=253, description="address for `metrics_port`"
     )
-    request_id_header: str = Field("X-Request-ID", pattern=r"^[A-Za-z0-9-]+$")
+    request_id_header: str = Field(
+        "X-Request-ID", pattern=r"^[A-Za-z0-9-]+$", description="header that carries the id"
+    )
     slow_query_threshold: float = Field(0.5, ge=0, le=3600, description="seconds; 0 disables")
-    log_query_parameters: bool = False
-    tracing: bool = False
+    log_query_parameters: bool = Field(
+        False, description="statement parameters in slow-query logs and traces"
+    )
+    tracing: bool = Field(False, description="OpenTelemetry spans (`dualcore[tracing]`)")
+    structlog: bool = Field(False, description="access and slow-query logs as structlog events")
     health_cache_ttl: float = Field(
         1.0, ge=0, le=60, description="seconds a readiness report is reused; 0 disables"
     )

@@ -29,13 +29,14 @@ def run_demo(*, framework: str, host: str, port: int) -> int:
             os.environ[f"{group}_URL"] = "embedded"
             print(f"{group}_URL not set: using an embedded server (data in ./.dualcore)")
 
-    sys.path.insert(0, os.getcwd())
+    root = _example_root(framework)
+    if root is None:
+        print("The example service is missing from this installation: reinstall dualcore.")
+        return 2
+    sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(f"examples.{framework}_app")
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("examples"):
-            print("The demo runs the examples/ folder of a dualcore checkout: run it from there.")
-            return 2
         print(f"{exc.name} is not installed: pip install 'dualcore[{framework},embedded]'")
         return 2
 
@@ -43,14 +44,14 @@ def run_demo(*, framework: str, host: str, port: int) -> int:
 
     from core.config import get_settings
     from core.migrations import upgrade_to_head
-    from core.runtime import Lifespan
+    from core.runtime import Core
 
     get_settings.cache_clear()
 
-    async def migrate(core: Lifespan) -> None:
-        await upgrade_to_head(core.db)
+    async def migrate(core: Core) -> None:
+        await upgrade_to_head(core.db, root / "examples" / "migrations")
 
-    core = Lifespan(on_startup=[migrate])
+    core = Core(on_startup=[migrate])
     app = module.create_app(core)
     print(f"dualcore demo ({framework}) on http://{host}:{port}")
     print(f"  try: curl -s http://{host}:{port}/health/ready")
@@ -63,6 +64,16 @@ def run_demo(*, framework: str, host: str, port: int) -> int:
     # dualcore's access log replaces uvicorn's: one line per request, with route and request id.
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     return 0
+
+
+def _example_root(framework: str) -> Path | None:
+    """The folder holding the example service's `examples` package: the current directory in a
+    checkout (so edits to the example show), else the copy shipped inside the package."""
+    here = Path(__file__).resolve().parent
+    for root in (Path.cwd(), here / "_demo", here.parent):
+        if (root / "examples" / f"{framework}_app.py").is_file():
+            return root
+    return None
 
 
 def _show_dualcore_logs() -> None:

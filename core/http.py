@@ -13,6 +13,7 @@ from typing import Any
 
 from asyncpg.exceptions import InterfaceError as PgInterfaceError
 from asyncpg.exceptions import PostgresError
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -27,7 +28,11 @@ from core.resilience import CircuitOpenError, is_serialization_failure, is_trans
 
 __all__ = [
     "LIVENESS_BODY",
+    "ConflictBody",
+    "DocumentedResponse",
     "ErrorResponse",
+    "UnavailableBody",
+    "documented_responses",
     "error_response_for",
     "handled_exception_types",
 ]
@@ -60,6 +65,58 @@ def _unavailable(dependency: str, retry_after: float) -> ErrorResponse:
 DATABASE, REDIS = "database", "redis"
 
 _CONFLICT = ErrorResponse(409, {"detail": "Conflict with the current state of the resource"})
+
+
+class ConflictBody(BaseModel):
+    """Body of the core's 409: an integrity violation or a serialization failure that outlived
+    its retries."""
+
+    detail: str
+
+
+class UnavailableBody(BaseModel):
+    """Body of the core's 503: which dependency is unavailable (`database`, `redis`, a
+    breaker's or resource's name); the `Retry-After` header says when to try again."""
+
+    detail: str
+    dependency: str
+
+
+@dataclass(frozen=True)
+class DocumentedResponse:
+    """An answer the core may give a route, for the adapters to put in the OpenAPI document."""
+
+    description: str
+    model: type[BaseModel]
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_DOCUMENTED_CONFLICT = DocumentedResponse(
+    "Conflict: the write broke a constraint or lost a serialization race (nothing committed)",
+    ConflictBody,
+)
+_DOCUMENTED_UNAVAILABLE = DocumentedResponse(
+    "A dependency (database, Redis) is unavailable or saturated; retry after Retry-After",
+    UnavailableBody,
+    {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+)
+
+
+def documented_responses(*, core_dependency: bool, writes: bool) -> dict[int, DocumentedResponse]:
+    """The answers the core may give a route: 503 to any route using a core dependency (a
+    session, the Redis client, the cache), and 409 as well to one using a read-write session."""
+    found: dict[int, DocumentedResponse] = {}
+    if writes:
+        found[409] = _DOCUMENTED_CONFLICT
+    if core_dependency or writes:
+        found[503] = _DOCUMENTED_UNAVAILABLE
+    return found
 
 
 def error_response_for(exc: BaseException) -> ErrorResponse | None:
@@ -95,7 +152,9 @@ def error_response_for(exc: BaseException) -> ErrorResponse | None:
     if isinstance(exc, ResourceClosedError):
         return _unavailable(exc.dependency, _RETRY_AFTER_DOWN)
     if isinstance(exc, DependencyUnavailable):
-        return _unavailable(exc.dependency.lower(), _RETRY_AFTER_DOWN)
+        # One name per dependency in every answer: PostgreSQL is "database" here as elsewhere.
+        name = exc.dependency.lower()
+        return _unavailable(DATABASE if name == "postgresql" else name, _RETRY_AFTER_DOWN)
     if isinstance(exc, CacheUnavailable):
         return _unavailable(REDIS, _RETRY_AFTER_DOWN)
     dependency = _dependency_of(exc)

@@ -1,9 +1,10 @@
-"""The runtime: the object that owns a service's database, Redis, health, metrics and ASGI
-layers, and starts and stops them around the application's life.
+"""`Core`, the composition root: the object that owns a service's database, Redis, health,
+metrics and ASGI layers, and starts and stops them around the application's life.
 
-`lifespan` (also `from core import lifespan`) works as `FastAPI(lifespan=lifespan)` and as
-`Litestar(lifespan=[lifespan])`. Build your own with `Lifespan(db=..., redis=...)` to use managers
-you created.
+`Core(settings)` builds its own managers; `Core(settings, db=..., redis=...)` uses managers you
+built. `lifespan` (also `from core import lifespan`) is the default instance over the global
+`db_manager` and `redis_manager`; like every `Core` it works as `FastAPI(lifespan=lifespan)` and
+as `Litestar(lifespan=[lifespan])`.
 """
 
 from __future__ import annotations
@@ -14,24 +15,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
-from urllib.parse import quote, quote_plus
 
 import anyio
 
 from core._aio import finish_shielded
 from core.config import Settings, get_settings
 from core.database import DatabaseManager
+from core.diagnosis import Diagnosis, diagnose
 from core.health import HealthRegistry
 from core.observability import Metrics, ObservabilityMiddleware, observe_engine
 from core.observability.asgi_types import ASGIApp
 from core.redis_client import RedisManager
-from core.resilience import RetryPolicy, is_transient
+from core.resilience import CircuitBreaker, RetryPolicy, is_transient
 from core.unit_of_work import UnitOfWorkMiddleware, warn_unwired
-from core.urls import redact_url, redact_urls_in
+from core.urls import redact_url
 
 __all__ = [
+    "Core",
     "DependencyUnavailable",
-    "Lifespan",
     "Resource",
     "combine_lifespans",
     "lifespan",
@@ -55,27 +56,28 @@ class Resource(Protocol):
 
 
 class DependencyUnavailable(RuntimeError):
-    """A dependency did not become reachable within the start-up bound."""
+    """A dependency did not become usable within the start-up bound.
 
-    def __init__(self, dependency: str, url: str, waited: float, attempts: int, cause: str):
+    `diagnosis` (when known) holds the cause class, the server's message and a hint; the
+    message ends with all three.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        url: str,
+        waited: float,
+        attempts: int,
+        cause: str | Diagnosis,
+    ):
         self.dependency = dependency
+        self.diagnosis = cause if isinstance(cause, Diagnosis) else None
         # Redacted again: a resource of the application's own may not hide its password.
         self.url = url = redact_url(url)
         super().__init__(
             f"{dependency} at {url} is not reachable after {waited:.1f}s "
             f"({attempts} attempt{'s' if attempts != 1 else ''}): {cause}"
         )
-
-
-def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    for secret in secrets:
-        if secret:
-            # Drivers quote URLs and options in their errors, so encoded forms turn up too.
-            forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
-            for form in sorted(forms, key=len, reverse=True):
-                text = text.replace(form, "***")
-    return redact_urls_in(text)[:300]
 
 
 def _worth_waiting_for(exc: BaseException) -> bool:
@@ -119,27 +121,37 @@ async def wait_until_ready(
         await policy.call(attempt, on_retry=on_retry)
     except Exception as exc:
         waited = time.monotonic() - started
-        timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
-        cause = "timed out" if timed_out else _describe(exc, secrets)
+        cause = diagnose(exc, name, secrets)
         raise DependencyUnavailable(name, resource.safe_url, waited, attempts, cause) from None
 
 
-class Lifespan:
-    """Starts the given resources, waits until each answers, and closes them in reverse order.
+class Core:
+    """A service's database, Redis, health checks, metrics and ASGI layers, started together and
+    closed in reverse order.
 
-    An instance is callable with the application (`lifespan(app)`) and is itself an async
-    context manager, so it fits FastAPI, Litestar and plain `async with`.
+    An instance is callable with the application (`core(app)`) and is itself an async context
+    manager, so it is a lifespan for FastAPI, Litestar and plain `async with`. Entering it again
+    while it runs (an adapter's wiring and the app's own lifespan both naming it) shares the one
+    start: only the outermost exit closes.
+
+    With `OBSERVABILITY__TRACING` on, start-up also traces the engines' SQL, the Redis client's
+    commands and the cache's events, into the spans of `tracer_provider` (default: the global
+    one); shutdown removes that instrumentation again.
     """
 
     def __init__(
         self,
+        settings: Settings | None = None,
+        *,
         db: DatabaseManager | None = None,
         redis: RedisManager | None = None,
-        *,
-        settings: Settings | None = None,
         extra: Sequence[tuple[str, Resource]] = (),
-        on_startup: Sequence[Callable[[Lifespan], Awaitable[None]]] = (),
+        on_startup: Sequence[Callable[[Core], Awaitable[None]]] = (),
+        tracer_provider: Any = None,
     ) -> None:
+        if settings is not None:
+            db = db if db is not None else DatabaseManager(settings)
+            redis = redis if redis is not None else RedisManager(settings)
         self._db = db
         self._redis = redis
         self._settings = settings
@@ -149,6 +161,10 @@ class Lifespan:
         self._health: HealthRegistry | None = None
         self._metrics: Metrics | None = None
         self._unobserve: list[Callable[[], None]] = []
+        self._entered = 0
+        self._starting: anyio.Event | None = None
+        # None: OpenTelemetry's global provider, as configured by the service.
+        self._tracer_provider = tracer_provider
 
     @property
     def settings(self) -> Settings:
@@ -181,8 +197,9 @@ class Lifespan:
             registry = HealthRegistry(cache_for=self.settings.observability.health_cache_ttl)
             registry.add("postgresql", self.db.ping)
             # Reads fall back to the primary, so a replica being down degrades, never fails.
-            for name, probe in getattr(self.db, "replica_checks", list)():
-                registry.add(name, probe, required=False)
+            if isinstance(self.db, DatabaseManager):
+                for name, probe in self.db.replica_checks():
+                    registry.add(name, probe, required=False)
             registry.add("redis", self.redis.ping)
             for name, resource in self._extra:
                 registry.add(name.lower(), resource.ping)
@@ -208,7 +225,10 @@ class Lifespan:
             wrapped = UnitOfWorkMiddleware(wrapped)
         if observability and not isinstance(app, ObservabilityMiddleware):
             wrapped = ObservabilityMiddleware(
-                wrapped, settings=self.settings.observability, metrics=self.metrics
+                wrapped,
+                settings=self.settings.observability,
+                metrics=self.metrics,
+                tracer_provider=self._tracer_provider,
             )
         return wrapped
 
@@ -218,10 +238,17 @@ class Lifespan:
 
     def __call__(self, app: object = None) -> AbstractAsyncContextManager[None]:
         state = getattr(app, "state", None)
-        if state is not None and getattr(state, "dualcore", None) is None:
+        wired = getattr(state, "dualcore", None) if state is not None else None
+        if state is not None and wired is None:
             # A framework app run by this lifespan but never wired (`install(app)` forgotten):
             # say so at start-up, before a request's commit can run after its response.
             warn_unwired()
+        if wired is not None and wired is not self:
+            # Requests would use the wired core's managers while this one's were started.
+            raise RuntimeError(
+                "the app runs a different Core from the one it was wired with: pass the same "
+                "instance to the app's lifespan and to install()/CorePlugin (or only to the latter)"
+            )
         return self._run()
 
     @asynccontextmanager
@@ -232,9 +259,24 @@ class Lifespan:
         finally:
             await self.__aexit__(None, None, None)
 
-    async def __aenter__(self) -> Lifespan:
+    async def __aenter__(self) -> Core:
+        while self._starting is not None:
+            await self._starting.wait()
+        if self._entered:
+            self._entered += 1
+            return self
+        self._starting = starting = anyio.Event()
+        try:
+            await self._start()
+            self._entered = 1
+        finally:
+            self._starting = None
+            starting.set()
+        return self
+
+    async def _start(self) -> None:
         settings = self.settings
-        secrets = _secrets_of(settings)
+        secrets = secrets_of(settings)
         timeout = settings.app.startup_timeout
         try:
             # Dependencies start concurrently: start-up takes the slowest, not the sum.
@@ -256,7 +298,6 @@ class Lifespan:
                 # The task group is an implementation detail: surface the one real error.
                 raise inner[0] from None
             raise
-        return self
 
     async def _start_one(
         self, name: str, resource: Resource, timeout: float, secrets: Sequence[str]
@@ -265,26 +306,38 @@ class Lifespan:
         await wait_until_ready(name, resource, timeout=timeout, secrets=secrets)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._entered > 1:
+            self._entered -= 1
+            return
+        self._entered = 0
         await finish_shielded(self._close_all())
 
     def _observe(self) -> None:
         obs = self.settings.observability
-        db = self.db
-        # Duck-typed: a lifespan may manage stand-ins that have no engines.
-        engines = [
-            (n, getattr(db, a, None)) for n, a in (("primary", "engine"), ("read", "read_engine"))
-        ]
-        engines += [(r.name, r.engine) for r in getattr(db, "replicas", None) or ()]
-        for name, engine in engines:
-            if engine is None:
-                continue
-            self._unobserve.append(observe_engine(engine, obs, self.metrics, name=name))
-        redis = self.redis
-        if getattr(redis, "cache_metrics", False) is None:
-            redis.cache_metrics = self.metrics.cache("default")
-        breakers = [getattr(r, "breaker", None) for r in (db, redis)]
+        db, redis = self.db, self.redis
+        breakers: list[CircuitBreaker] = []
+        # A core may manage stand-ins for either manager; only the real ones have engines.
+        if isinstance(db, DatabaseManager):
+            for name, engine in db.engines():
+                self._unobserve.append(observe_engine(engine, obs, self.metrics, name=name))
+            breakers.append(db.breaker)
+        if isinstance(redis, RedisManager):
+            if redis.cache_metrics is None:
+                redis.cache_metrics = self.metrics.cache("default")
+            breakers.append(redis.breaker)
         if obs.metrics_enabled:
-            self.metrics.watch_breaker(*(b for b in breakers if b is not None))
+            self.metrics.watch_breaker(*breakers)
+        if obs.tracing:
+            from core.observability.tracing import trace_dependencies
+
+            self._unobserve.append(
+                trace_dependencies(
+                    obs,
+                    engines=[e for _, e in db.engines()] if isinstance(db, DatabaseManager) else [],
+                    redis=redis if isinstance(redis, RedisManager) else None,
+                    tracer_provider=self._tracer_provider,
+                )
+            )
 
     @property
     def metrics_on_app(self) -> bool:
@@ -335,7 +388,7 @@ def combine_lifespans(
     return combined
 
 
-def _secrets_of(settings: Settings) -> list[str]:
+def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, to keep out of start-up errors."""
     db, redis = settings.database, settings.redis
     found = [db.password, redis.password, redis.sentinel_password, *db.replica_passwords]
@@ -355,5 +408,5 @@ def _first_dependency_error(exc: BaseException) -> DependencyUnavailable | None:
     return None
 
 
-lifespan = Lifespan()
+lifespan = Core()
 """The default lifespan over the global `db_manager` and `redis_manager`."""

@@ -248,6 +248,9 @@ def normalise_redis_url(raw: Any) -> SplitURL:
     if port is not None:
         netloc += f":{port}"
     clean = urlunsplit((scheme, netloc, parts.path, urlencode(kept), ""))
+    if scheme == "unix" and not netloc:
+        # urlunsplit writes `unix:/path` for an empty authority; redis-py wants `unix:///path`.
+        clean = "unix://" + clean[len("unix:") :]
     return SplitURL(clean, password, secrets)
 
 

@@ -6,32 +6,29 @@ import uuid
 from typing import Annotated
 
 from litestar import Litestar, delete, get, patch, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.cache import Cache
-from core.runtime import Lifespan
+from core.runtime import Core
 from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdate
 from integrations.litestar import CorePlugin
 
 
-def _cache(state: State) -> Cache:
-    core: Lifespan = state.dualcore
-    return core.redis.cache
-
-
-def provide_users(db_session: NamedDependency[AsyncSession], state: State) -> UserService:
+def provide_users(
+    db_session: NamedDependency[AsyncSession], cache: NamedDependency[Cache]
+) -> UserService:
     """The service on a read-write session."""
-    return UserService(db_session, _cache(state))
+    return UserService(db_session, cache)
 
 
-def provide_read_users(read_session: NamedDependency[AsyncSession], state: State) -> UserService:
-    """The service on a read-only session (one dependency per handler keeps Litestar from
-    resolving a batch of them in a task group on every request)."""
-    return UserService(read_session, _cache(state))
+def provide_read_users(
+    read_session: NamedDependency[AsyncSession], cache: NamedDependency[Cache]
+) -> UserService:
+    """The service on a read-only session (one service dependency per handler)."""
+    return UserService(read_session, cache)
 
 
 Users = NamedDependency[UserService]
@@ -51,7 +48,7 @@ async def list_users(
     return await read_users.list(limit=limit, offset=offset)
 
 
-@get("/users/{user_id:uuid}")
+@get("/users/{user_id:uuid}", raises=[NotFoundException])
 async def get_user(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
     user = await read_users.get(user_id)
     if user is None:
@@ -59,7 +56,7 @@ async def get_user(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
     return user
 
 
-@get("/users/{user_id:uuid}/cached")
+@get("/users/{user_id:uuid}/cached", raises=[NotFoundException])
 async def get_user_cached(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
     user = await read_users.get_cached_user(user_id)
     if user is None:
@@ -67,7 +64,7 @@ async def get_user_cached(user_id: FromPath[uuid.UUID], read_users: Users) -> Us
     return user
 
 
-@patch("/users/{user_id:uuid}")
+@patch("/users/{user_id:uuid}", raises=[NotFoundException])
 async def update_user(
     user_id: FromPath[uuid.UUID], data: JSONBody[UserUpdate], users: Users
 ) -> UserOut:
@@ -77,14 +74,14 @@ async def update_user(
     return user
 
 
-@delete("/users/{user_id:uuid}")
+@delete("/users/{user_id:uuid}", raises=[NotFoundException])
 async def delete_user(user_id: FromPath[uuid.UUID], users: Users) -> None:
     if not await users.delete(user_id):
         raise NotFoundException("user not found")
 
 
 def create_app(
-    core: Lifespan | None = None, dependencies: dict[str, Provide] | None = None
+    core: Core | None = None, dependencies: dict[str, Provide] | None = None
 ) -> Litestar:
     """Build the app around `core` (default: the global lifespan built from settings);
     `dependencies` replace providers by name, the way tests override one."""
@@ -102,7 +99,7 @@ def create_app(
             "read_users": Provide(provide_read_users, sync_to_thread=False),
             **(dependencies or {}),
         },
-        plugins=[CorePlugin(core if core is not None else Lifespan())],
+        plugins=[CorePlugin(core if core is not None else Core())],
         # Leave process logging to the application (and the access log to the core).
         logging_config=None,
     )

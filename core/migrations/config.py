@@ -7,9 +7,11 @@ dualcore settings at run time, so a password never lands in `alembic.ini`.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,25 @@ def _ini_value(value: str) -> str:
     return value.replace("%", "%%")
 
 
+class _CurrentStdout(io.TextIOBase):
+    """Writes to whatever `sys.stdout` is at the time of writing. Alembic's default stream is
+    the `sys.stdout` of its import, which redirection (and a test runner's capture) leave
+    behind."""
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+_CURRENT_STDOUT: Any = _CurrentStdout()
+
+
 def make_config(
     script_location: str | os.PathLike[str],
     metadata_ref: str | None = None,
@@ -90,7 +111,7 @@ def make_config(
     """An Alembic `Config` without a file: scripts in `script_location`, models from
     `metadata_ref` (or the `metadata` object itself), database from `settings` (default: the
     environment's `Settings()`)."""
-    cfg = Config()
+    cfg = Config(stdout=_CURRENT_STDOUT)
     cfg.set_main_option("script_location", _ini_value(str(script_location)))
     cfg.set_main_option("path_separator", "os")
     if metadata_ref is not None:
@@ -114,7 +135,7 @@ def load_config(
             f"no Alembic configuration at {path.absolute()}: run `dualcore db init` first, or "
             "pass --config PATH"
         )
-    cfg = Config(str(path))
+    cfg = Config(str(path), stdout=_CURRENT_STDOUT)
     if not cfg.get_main_option("script_location"):
         raise MigrationError(f"{path} has no `script_location` in its [alembic] section")
     if settings is not None:

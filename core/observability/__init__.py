@@ -1,21 +1,27 @@
-"""Observability shared by every framework: request ids, access logs, metrics, slow queries.
+"""Observability shared by every framework: request ids, access logs, metrics, slow queries,
+tracing, and structlog support (`structlog_processor`).
 
 Everything HTTP-facing is pure ASGI middleware; `observability_middleware(settings, metrics)`
 gives the stack in order, `metrics_response(metrics)` the body of a `/metrics` route.
 """
 
-from .access_log import ACCESS_LOGGER, AccessLogger, AccessLogMiddleware, mask_query
-from .formatting import StructuredFormatter, render_json, render_logfmt
-from .http_metrics import HttpStats
-from .labels import UNMATCHED
-from .metrics import (
+from core.observability.access_log import (
+    ACCESS_LOGGER,
+    AccessLogger,
+    AccessLogMiddleware,
+    mask_query,
+)
+from core.observability.formatting import StructuredFormatter, render_json, render_logfmt
+from core.observability.http_metrics import HttpStats
+from core.observability.labels import UNMATCHED
+from core.observability.metrics import (
     CACHE_EVENTS,
     CacheMetrics,
     Metrics,
     MetricsMiddleware,
     metrics_response,
 )
-from .request_id import (
+from core.observability.request_id import (
     REQUEST_ID_PATTERN,
     RequestIdLogFilter,
     RequestIdMiddleware,
@@ -26,9 +32,14 @@ from .request_id import (
     reset_request_id,
     set_request_id,
 )
-from .slow_query import SLOW_QUERY_LOGGER, install_slow_query_log
-from .stack import ObservabilityMiddleware, observability_middleware, observe_engine
-from .tracing import TracingMiddleware, tracing_available
+from core.observability.slow_query import SLOW_QUERY_LOGGER, install_slow_query_log
+from core.observability.stack import (
+    ObservabilityMiddleware,
+    observability_middleware,
+    observe_engine,
+)
+from core.observability.structlog_support import StructlogAccessLogger, structlog_processor
+from core.observability.tracing import TracingMiddleware, tracing_available
 
 __all__ = [
     "ACCESS_LOGGER",
@@ -46,6 +57,7 @@ __all__ = [
     "RequestIdLogFilter",
     "RequestIdMiddleware",
     "RequestIdPolicy",
+    "StructlogAccessLogger",
     "StructuredFormatter",
     "TracingMiddleware",
     "get_request_id",
@@ -60,5 +72,6 @@ __all__ = [
     "render_logfmt",
     "reset_request_id",
     "set_request_id",
+    "structlog_processor",
     "tracing_available",
 ]

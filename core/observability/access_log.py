@@ -9,14 +9,27 @@ from json.encoder import encode_basestring
 from time import perf_counter
 from urllib.parse import unquote_plus
 
-from .asgi_types import ASGIApp, Receive, Scope, Send
-from .formatting import FIELDS_ATTR, LogFormat, escape_unsafe, logfmt_value, renderer
-from .labels import route_label
-from .log_record import RecordTemplate
-from .request_id import get_request_id
-from .response import ResponseWatch
+from core.observability.asgi_types import ASGIApp, Receive, Scope, Send
+from core.observability.formatting import (
+    FIELDS_ATTR,
+    LogFormat,
+    escape_unsafe,
+    logfmt_value,
+    renderer,
+)
+from core.observability.labels import route_label
+from core.observability.log_record import RecordTemplate
+from core.observability.request_id import get_request_id
+from core.observability.response import ResponseWatch
 
-__all__ = ["ACCESS_LOGGER", "SENSITIVE_KEY", "AccessLogMiddleware", "AccessLogger", "mask_query"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "SENSITIVE_KEY",
+    "AccessLogMiddleware",
+    "AccessLogger",
+    "make_access_logger",
+    "mask_query",
+]
 
 ACCESS_LOGGER = "dualcore.access"
 
@@ -171,11 +184,26 @@ class AccessLogger:
         self.logger.handle(self._records.make(line, {FIELDS_ATTR: fields}))
 
 
+def make_access_logger(
+    logger: logging.Logger | None = None,
+    format: LogFormat = "json",
+    level: int = logging.INFO,
+    structlog: bool = False,
+) -> AccessLogger:
+    """An `AccessLogger`, or with `structlog` one emitting structlog events (on a logger of
+    `logger`'s name; `format` is then structlog's business)."""
+    if structlog:
+        from core.observability.structlog_support import StructlogAccessLogger
+
+        return StructlogAccessLogger(level, logger.name if logger is not None else ACCESS_LOGGER)
+    return AccessLogger(logger, format, level)
+
+
 class AccessLogMiddleware:
     """Pure ASGI middleware logging one line per HTTP request (see `AccessLogger` for fields).
 
     Duration runs until the final body chunk; a request whose app raised before completing its
-    response is logged as 500.
+    response is logged as 500. With `structlog`, lines are structlog events instead.
     """
 
     def __init__(
@@ -185,9 +213,10 @@ class AccessLogMiddleware:
         logger: logging.Logger | None = None,
         format: LogFormat = "json",
         level: int = logging.INFO,
+        structlog: bool = False,
     ) -> None:
         self.app = app
-        self.access = AccessLogger(logger, format, level)
+        self.access = make_access_logger(logger, format, level, structlog)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; non-HTTP scopes pass straight through."""

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-from .labels import STANDARD_METHODS, method_label
+from core.observability.labels import STANDARD_METHODS, method_label
 
 __all__ = ["HttpMetrics", "HttpStats", "SharedHttpStats"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .asgi_types import Scope
+from core.observability.asgi_types import Scope
 
 __all__ = ["STANDARD_METHODS", "UNMATCHED", "method_label", "route_label"]
 

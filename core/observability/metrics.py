@@ -16,12 +16,12 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ..cache.hooks import CacheEvent
-from .asgi_types import ASGIApp, Receive, Scope, Send
-from .collectors import BreakerCollector, BreakerLike, PoolCollector
-from .http_metrics import HttpMetrics, HttpStats, SharedHttpStats
-from .labels import route_label
-from .response import ResponseWatch
+from core.cache.hooks import CacheEvent
+from core.observability.asgi_types import ASGIApp, Receive, Scope, Send
+from core.observability.collectors import BreakerCollector, BreakerLike, PoolCollector
+from core.observability.http_metrics import HttpMetrics, HttpStats, SharedHttpStats
+from core.observability.labels import route_label
+from core.observability.response import ResponseWatch
 
 __all__ = [
     "CACHE_EVENTS",

@@ -12,8 +12,8 @@ import contextlib
 import logging
 import sys
 
-from .._aio import deadline
-from .metrics import Metrics, metrics_response
+from core._aio import deadline
+from core.observability.metrics import Metrics, metrics_response
 
 __all__ = ["MetricsServer"]
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 
-from .asgi_types import ASGIApp, Message, Receive, Scope, Send
+from core.observability.asgi_types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "REQUEST_ID_PATTERN",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from time import perf_counter
 
-from .asgi_types import Message, Send
+from core.observability.asgi_types import Message, Send
 
 __all__ = ["ResponseWatch"]
 

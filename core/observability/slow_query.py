@@ -11,8 +11,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .formatting import FIELDS_ATTR, LogFormat, renderer
-from .request_id import get_request_id
+from core.observability.formatting import FIELDS_ATTR, LogFormat, renderer
+from core.observability.request_id import get_request_id
 
 __all__ = ["SLOW_QUERY_LOGGER", "install_slow_query_log"]
 
@@ -30,6 +30,7 @@ def install_slow_query_log(
     log_parameters: bool = False,
     logger: logging.Logger | None = None,
     format: LogFormat = "json",
+    structlog: bool = False,
 ) -> Callable[[], None]:
     """Log at WARNING every statement on `engine` taking longer than `threshold_seconds`.
 
@@ -37,16 +38,22 @@ def install_slow_query_log(
     characters), request_id, the driver's error class for a statement that failed slowly (a
     statement timeout shows as `QueryCanceledError` with asyncpg), and the bound
     parameters only when `log_parameters` is true: they may hold personal data or secrets.
-    Returns a function that removes the hooks.
+    With `structlog`, each is a structlog event "slow_query" with those fields instead (on a
+    structlog logger of the same name). Returns a function that removes the hooks.
     """
     if not threshold_seconds > 0:
         raise ValueError("threshold_seconds must be > 0")
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     log = logger if logger is not None else logging.getLogger(SLOW_QUERY_LOGGER)
     render = renderer(format)
+    events: Any = None
+    if structlog:
+        import structlog as _structlog
+
+        events = _structlog.get_logger(log.name)
 
     def emit(elapsed: float, statement: str, parameters: Any, error: str | None) -> None:
-        if not log.isEnabledFor(logging.WARNING):
+        if events is None and not log.isEnabledFor(logging.WARNING):
             return
         fields: dict[str, object] = {
             "event": "slow_query",
@@ -58,6 +65,9 @@ def install_slow_query_log(
         if error is not None:
             fields["error"] = error
         fields["request_id"] = get_request_id()
+        if events is not None:
+            events.warning(**fields)
+            return
         log.warning(render(fields), extra={FIELDS_ATTR: fields})
 
     # One statement runs at a time per connection, so one slot in its info dict is enough.

@@ -10,16 +10,20 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..config import ObservabilitySettings
-from .access_log import AccessLogger, AccessLogMiddleware
-from .asgi_types import ASGIApp, Message, Receive, Scope, Send
-from .http_metrics import HttpMetrics
-from .labels import route_label
-from .metrics import Metrics, MetricsMiddleware
-from .request_id import RequestIdMiddleware, RequestIdPolicy
-from .request_id import _current as _current_request_id
-from .slow_query import install_slow_query_log
-from .tracing import TracingMiddleware, tracing_available
+from core.config import ObservabilitySettings
+from core.observability.access_log import AccessLogger, AccessLogMiddleware, make_access_logger
+from core.observability.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from core.observability.http_metrics import HttpMetrics
+from core.observability.labels import route_label
+from core.observability.metrics import Metrics, MetricsMiddleware
+from core.observability.request_id import (
+    RequestIdMiddleware,
+    RequestIdPolicy,
+    reset_request_id,
+    set_request_id,
+)
+from core.observability.slow_query import install_slow_query_log
+from core.observability.tracing import TracingMiddleware, tracing_available
 
 __all__ = [
     "MiddlewareSpec",
@@ -37,21 +41,25 @@ def observability_middleware(
     metrics: Metrics | None = None,
     *,
     access_logger: logging.Logger | None = None,
+    tracer_provider: Any = None,
 ) -> list[MiddlewareSpec]:
     """The enabled middleware, outermost first: request id, tracing, access log, metrics.
 
     Request id is outermost so every inner layer (and the app) sees the id; the 500 it sends for
     an unhandled exception is then also logged and counted by the inner layers. `metrics` is
     required when `settings.metrics_enabled`, as the same object must back the `/metrics` route.
-    Tracing is included only when enabled and OpenTelemetry is importable.
+    Tracing is included only when enabled and OpenTelemetry is importable; its spans go to
+    `tracer_provider` (default: OpenTelemetry's global one).
     """
     specs: list[MiddlewareSpec] = [(RequestIdMiddleware, {"header": settings.request_id_header})]
     if settings.tracing and tracing_available():
-        specs.append((TracingMiddleware, {}))
+        specs.append((TracingMiddleware, {"tracer_provider": tracer_provider}))
     if settings.access_log:
         kwargs: dict[str, Any] = {"format": settings.log_format}
         if access_logger is not None:
             kwargs["logger"] = access_logger
+        if settings.structlog:
+            kwargs["structlog"] = True
         specs.append((AccessLogMiddleware, kwargs))
     if settings.metrics_enabled:
         if metrics is None:
@@ -76,12 +84,15 @@ class ObservabilityMiddleware:
         settings: ObservabilitySettings,
         metrics: Metrics | None = None,
         access_logger: logging.Logger | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         chain = app
-        specs = observability_middleware(settings, metrics, access_logger=access_logger)
+        specs = observability_middleware(
+            settings, metrics, access_logger=access_logger, tracer_provider=tracer_provider
+        )
         for cls, kwargs in reversed(specs):
             chain = cls(chain, **kwargs)
         self._chain = chain
@@ -93,7 +104,7 @@ class ObservabilityMiddleware:
         self._http: HttpMetrics | None = None
         for cls, kwargs in specs:
             if cls is AccessLogMiddleware:
-                self._access = AccessLogger(**kwargs)
+                self._access = make_access_logger(**kwargs)
             elif cls is MetricsMiddleware:
                 self._http = kwargs["metrics"].http
 
@@ -109,7 +120,7 @@ class ObservabilityMiddleware:
         policy = self._policy
         request_id, header = policy.pick(scope)
         access = self._access
-        if access is not None and not access.logger.isEnabledFor(access.level):
+        if access is not None and not access.enabled():
             access = None
         http = self._http
         # Read before the app runs: routers may rewrite the path in the shared scope.
@@ -130,7 +141,7 @@ class ObservabilityMiddleware:
                 end = perf_counter()
             return send(message)
 
-        token = _current_request_id.set(request_id)
+        token = set_request_id(request_id)
         if http is not None:
             http.started()
         start = perf_counter()
@@ -151,7 +162,7 @@ class ObservabilityMiddleware:
                     if access is not None:
                         access.emit(scope, route, path, query, status, end - start, request_id)
             finally:
-                _current_request_id.reset(token)
+                reset_request_id(token)
 
 
 def observe_engine(
@@ -173,6 +184,7 @@ def observe_engine(
                 settings.slow_query_threshold,
                 log_parameters=settings.log_query_parameters,
                 format=settings.log_format,
+                structlog=settings.structlog,
             )
         )
     if metrics is not None and settings.metrics_enabled:

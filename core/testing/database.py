@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.database import DatabaseManager, _ReadOnlySession
+from core.database import DatabaseManager, ReadOnlySession
 
 __all__ = [
     "SavepointDatabaseManager",
@@ -109,7 +109,7 @@ class SavepointDatabaseManager(DatabaseManager):
             join_transaction_mode="create_savepoint",
             expire_on_commit=False,
             autoflush=False,
-            sync_session_class=_ReadOnlySession,
+            sync_session_class=ReadOnlySession,
         )
 
     @property

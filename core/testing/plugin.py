@@ -19,6 +19,10 @@ ini options (pytest.ini / pyproject `[tool.pytest.ini_options]`):
   `dualcore_metadata` fixture's tables), `migrations` (Alembic upgrade to head) or `none`.
 - `dualcore_alembic_ini`: the alembic.ini for `migrations` (default: `<rootdir>/alembic.ini`).
 - `dualcore_fresh_database`: `false` runs in the given database itself instead of a private one.
+
+Under pytest-xdist (`-n 2`) every worker gets its own private database and its own Redis
+namespaces, named after the run and the worker; the controller resolves the servers once and,
+when the run ends, drops whatever a crashed or interrupted worker left (see `workers`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from core.config import Settings
 from core.database import DatabaseManager
 from core.redis_client import RedisManager
-from core.runtime import Lifespan
+from core.runtime import Core
 from core.testing.asgi import asgi_lifespan
 from core.testing.database import (
     SavepointDatabaseManager,
@@ -45,6 +49,7 @@ from core.testing.database import (
     savepoint_session,
 )
 from core.testing.servers import testing_server_url
+from core.testing.workers import ControllerRun, database_prefix, namespace_tag, worker_of
 
 SettingsOverride = Callable[..., Settings]
 
@@ -76,6 +81,27 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+_CONTROLLER = pytest.StashKey[ControllerRun]()
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent when xdist is not installed
+def pytest_configure_node(node: Any) -> None:
+    """In the xdist controller: give each worker the run id and the servers."""
+    config: pytest.Config = node.config
+    run = config.stash.get(_CONTROLLER, None)
+    if run is None:
+        run = config.stash[_CONTROLLER] = ControllerRun()
+    run.configure(node.workerinput)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # After the workers are shut down (or killed): drop what any of them left behind.
+    run = config.stash.get(_CONTROLLER, None)
+    if run is not None:
+        del config.stash[_CONTROLLER]
+        run.close()
+
+
 def override_settings(base: Settings, **groups: dict[str, Any]) -> Settings:
     """A validated copy of `base` with some fields of some groups changed:
     `override_settings(s, cache={"enabled": False}, app={"shutdown_timeout": 3})`."""
@@ -99,17 +125,26 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def dualcore_database_url() -> Iterator[str]:
+def dualcore_database_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """The PostgreSQL server for the run: DUALCORE_TEST_DATABASE_URL, else the local server's
-    `test` database when 127.0.0.1:5432 answers, else an embedded server."""
+    `test` database when 127.0.0.1:5432 answers, else an embedded server (under xdist, the one
+    the controller chose)."""
+    worker = worker_of(pytestconfig)
+    if worker is not None and worker.database_url is not None:
+        yield worker.database_url
+        return
     with testing_server_url("postgres") as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def dualcore_redis_url() -> Iterator[str]:
+def dualcore_redis_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """The Redis server for the run: DUALCORE_TEST_REDIS_URL, else 127.0.0.1:6379 when it
-    answers, else an embedded server."""
+    answers, else an embedded server (under xdist, the one the controller chose)."""
+    worker = worker_of(pytestconfig)
+    if worker is not None and worker.redis_url is not None:
+        yield worker.redis_url
+        return
     with testing_server_url("redis") as url:
         yield url
 
@@ -122,11 +157,20 @@ async def dualcore_settings(
     anyio_backend: Any,
 ) -> AsyncIterator[Settings]:
     """Settings for the run: the environment's settings, pointed at the test servers (and at
-    the run's private database), with `app.environment = "test"`."""
+    the run's private database, one per xdist worker), with `app.environment = "test"`."""
     fresh = bool(pytestconfig.getini("dualcore_fresh_database"))
+    worker = worker_of(pytestconfig)
+    if worker is not None and not fresh:
+        raise pytest.UsageError(
+            "dualcore_fresh_database = false cannot run under pytest-xdist: the workers "
+            "would share one database"
+        )
     database_url: Any = dualcore_database_url
     if fresh:
-        database_url = await create_database(dualcore_database_url)
+        prefix = None
+        if worker is not None:
+            prefix = database_prefix(dualcore_database_url, worker.run) + worker.id
+        database_url = await create_database(dualcore_database_url, prefix=prefix)
     try:
         from_env: Any = Settings  # also reads the environment and .env, like the app
         settings: Settings = from_env(
@@ -236,10 +280,14 @@ async def db_session(
 
 
 @pytest.fixture
-async def redis_namespace(dualcore_settings: Settings, anyio_backend: Any) -> AsyncIterator[str]:
-    """A Redis key prefix private to this test (`<key_prefix>test-<random>:`); every key under
-    it is deleted afterwards."""
-    prefix = f"{dualcore_settings.redis.key_prefix}test-{uuid.uuid4().hex[:12]}:"
+async def redis_namespace(
+    dualcore_settings: Settings, pytestconfig: pytest.Config, anyio_backend: Any
+) -> AsyncIterator[str]:
+    """A Redis key prefix private to this test (`<key_prefix>test-<random>:`, under xdist
+    `<key_prefix>test-<run>-<worker>-<random>:`); every key under it is deleted afterwards."""
+    worker = worker_of(pytestconfig)
+    tag = namespace_tag(worker) if worker is not None else ""
+    prefix = f"{dualcore_settings.redis.key_prefix}test-{tag}{uuid.uuid4().hex[:12]}:"
     yield prefix
     cleaner = RedisManager(dualcore_settings)
     try:
@@ -303,21 +351,21 @@ def dualcore_core(
     db_connection: AsyncConnection,
     dualcore_redis: RedisManager,
     dualcore_test_settings: Settings,
-) -> Lifespan:
-    """A `Lifespan` for the app under test: its database sessions run inside this test's
+) -> Core:
+    """A `Core` for the app under test: its database sessions run inside this test's
     transaction (see `SavepointDatabaseManager`), its Redis is `dualcore_redis`.
 
     Not started: pass it to your app factory and let the app's lifespan start it (the client
     fixtures do), or `async with dualcore_core:` yourself.
     """
     db = SavepointDatabaseManager(dualcore_db, db_connection, settings=dualcore_test_settings)
-    return Lifespan(db=db, redis=dualcore_redis, settings=dualcore_test_settings)
+    return Core(dualcore_test_settings, db=db, redis=dualcore_redis)
 
 
 @pytest.fixture
-def app_factory() -> Callable[[Lifespan], Any]:
+def app_factory() -> Callable[[Core], Any]:
     """Override in your conftest: return the function that builds your app from a core,
-    e.g. `return create_app` for `def create_app(core: Lifespan) -> FastAPI`."""
+    e.g. `return create_app` for `def create_app(core: Core) -> FastAPI`."""
     raise pytest.UsageError(
         "define an `app_factory` fixture returning your `create_app(core)` function "
         "(or `fastapi_app_factory` / `litestar_app_factory` when you test both)"
@@ -325,13 +373,13 @@ def app_factory() -> Callable[[Lifespan], Any]:
 
 
 @pytest.fixture
-def fastapi_app_factory(app_factory: Callable[[Lifespan], Any]) -> Callable[[Lifespan], Any]:
+def fastapi_app_factory(app_factory: Callable[[Core], Any]) -> Callable[[Core], Any]:
     """The factory `fastapi_client` uses; defaults to `app_factory`."""
     return app_factory
 
 
 @pytest.fixture
-def litestar_app_factory(app_factory: Callable[[Lifespan], Any]) -> Callable[[Lifespan], Any]:
+def litestar_app_factory(app_factory: Callable[[Core], Any]) -> Callable[[Core], Any]:
     """The factory `litestar_client` uses; defaults to `app_factory`."""
     return app_factory
 
@@ -347,7 +395,7 @@ async def _client(app: Any) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def fastapi_client(
-    fastapi_app_factory: Callable[[Lifespan], Any], dualcore_core: Lifespan, anyio_backend: Any
+    fastapi_app_factory: Callable[[Core], Any], dualcore_core: Core, anyio_backend: Any
 ) -> AsyncIterator[Any]:
     """An `httpx.AsyncClient` for the FastAPI app built by `fastapi_app_factory(dualcore_core)`,
     with the app's lifespan running; requests share the test's transaction."""
@@ -357,7 +405,7 @@ async def fastapi_client(
 
 @pytest.fixture
 async def litestar_client(
-    litestar_app_factory: Callable[[Lifespan], Any], dualcore_core: Lifespan, anyio_backend: Any
+    litestar_app_factory: Callable[[Core], Any], dualcore_core: Core, anyio_backend: Any
 ) -> AsyncIterator[Any]:
     """An `httpx.AsyncClient` for the Litestar app built by
     `litestar_app_factory(dualcore_core)`, with the app's lifespan running; requests share the

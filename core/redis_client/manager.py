@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings, get_settings
 from core.errors import ResourceClosedError
-from core.redis_topology import build_topology_client, is_topology_url
+from core.redis_client.topology import build_topology_client, is_topology_url
 from core.resilience import CircuitBreaker
 from core.urls import redact_url
 
@@ -116,7 +116,8 @@ class RedisManager:
 
     @asynccontextmanager
     async def get_client_context(self) -> AsyncIterator[Redis]:
-        """The client, as a context manager; connections return to the pool per command."""
+        """The seed's form of `client`, as a context manager (`async with
+        r.get_client_context() as c:`); connections return to the pool per command."""
         yield self.client
 
     @property
@@ -144,7 +145,8 @@ class RedisManager:
     async def get_or_set(
         self, key: str, callback: Callable[[], Awaitable[T]], ttl: float | None = None
     ) -> T:
-        """Return the cached value of `key`, or compute it with `callback` and cache it."""
+        """The seed's form of `cache.get_or_set`: the cached value of `key`, or `callback`'s
+        result, cached for `ttl` seconds. `cache` offers the rest (types, groups, options)."""
         return await self.cache.get_or_set(key, callback, ttl=ttl)
 
     async def ping(self) -> float:

@@ -100,7 +100,7 @@ def build_topology_client(
 
     secret = settings.sentinel_password
     sentinel_password = secret.get_secret_value() if secret else url_sentinel_password
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         list(topology.nodes),
         sentinel_kwargs={
             "password": sentinel_password,

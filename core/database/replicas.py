@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["Replica", "ReplicaSet", "is_connection_failure"]
 
-log = logging.getLogger("dualcore.replicas")
+log = logging.getLogger("dualcore.database.replicas")
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -53,7 +53,7 @@ class ReplicaSet:
     """The replicas of one database and the round-robin choice among those that are up.
 
     Give it engines whose pools refuse connections the server closed while idle
-    (`core._pgconn.harden_engine`, as `DatabaseManager` does): then a replica that
+    (`core.database.connection.harden_engine`, as `DatabaseManager` does): then a replica that
     went away fails at connect, where the next one is tried, not in the middle of a session.
     """
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.resilience.errors import mark_origin
 
-__all__ = ["harden_engine", "shielded_connect"]
+__all__ = ["DATABASE", "harden_engine", "shielded_connect"]
 
 DATABASE = "database"
 

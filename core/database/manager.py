@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, text
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -28,14 +27,20 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from core._aio import deadline, finish_shielded
-from core._pgconn import DATABASE, harden_engine, shielded_connect
 from core.config import Settings, get_settings
+from core.database.connection import DATABASE, harden_engine, shielded_connect
+from core.database.replicas import Replica, ReplicaSet, is_connection_failure
 from core.errors import ResourceClosedError
-from core.replicas import Replica, ReplicaSet, is_connection_failure
 from core.resilience import CircuitBreaker, is_serialization_failure, is_transient, origin_of
 from core.urls import redact_url
 
-__all__ = ["COMMIT_FAILURE", "DatabaseManager", "ReadOnlySessionError", "db_manager"]
+__all__ = [
+    "COMMIT_FAILURE",
+    "DatabaseManager",
+    "ReadOnlySession",
+    "ReadOnlySessionError",
+    "db_manager",
+]
 
 log = logging.getLogger("dualcore.database")
 
@@ -49,7 +54,10 @@ class ReadOnlySessionError(RuntimeError):
     """A read-only session was asked to write."""
 
 
-class _ReadOnlySession(Session):
+class ReadOnlySession(Session):
+    """The sync session class behind read-only sessions: a flush with pending changes raises
+    `ReadOnlySessionError` instead of writing."""
+
     def flush(self, objects: Any = None) -> None:
         if self.new or self.dirty or self.deleted:
             raise ReadOnlySessionError("this session is read-only; use get_session() for writes")
@@ -93,9 +101,6 @@ class DatabaseManager:
     def safe_url(self) -> str:
         """The URL safe to show to people and logs."""
         return redact_url(self.url)
-
-    def _sqlalchemy_url(self, read_only: bool) -> URL:
-        return self.settings.database.sqlalchemy_url(self.url)
 
     def _engine_kwargs(self, read_only: bool, replica: int | None = None) -> dict[str, Any]:
         db = self.settings.database
@@ -171,18 +176,16 @@ class DatabaseManager:
             raise ResourceClosedError("database")
         if self.url == "embedded":
             raise RuntimeError("DATABASE_URL=embedded: call `await manager.start()` first")
-        self._engine = harden_engine(
-            create_async_engine(self._sqlalchemy_url(False), **self._engine_kwargs(False))
-        )
-        self._read_engine = harden_engine(
-            create_async_engine(self._sqlalchemy_url(True), **self._engine_kwargs(True))
-        )
+        # Both engines reach the primary; they differ in isolation, pool and session options.
+        url = self.settings.database.sqlalchemy_url(self.url)
+        self._engine = harden_engine(create_async_engine(url, **self._engine_kwargs(False)))
+        self._read_engine = harden_engine(create_async_engine(url, **self._engine_kwargs(True)))
         self._rw_factory = async_sessionmaker(self._engine, expire_on_commit=False)
         self._ro_factory = async_sessionmaker(
             self._read_engine,
             expire_on_commit=False,
             autoflush=False,
-            sync_session_class=_ReadOnlySession,
+            sync_session_class=ReadOnlySession,
         )
         self._replicas = self._build_replicas()
 
@@ -265,6 +268,13 @@ class DatabaseManager:
         if self._engine is None:
             self._build()
         return self._replicas
+
+    def engines(self) -> list[tuple[str, AsyncEngine]]:
+        """The engines built so far, named for metrics: `primary`, `read` and each replica."""
+        if self._engine is None or self._read_engine is None:
+            return []
+        named = [("primary", self._engine), ("read", self._read_engine)]
+        return named + [(r.name, r.engine) for r in self._replicas or ()]
 
     def replica_checks(self) -> list[tuple[str, Callable[[], Awaitable[float]]]]:
         """One health probe per configured replica, named `postgresql-replica-<n>`.

@@ -6,45 +6,63 @@ Servers come from DUALCORE_TEST_DATABASE_URL / DUALCORE_TEST_REDIS_URL, else the
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
+from core.config import DatabaseSettings
 from core.testing.servers import testing_server_url
-
-
-def _frameworks() -> list[str]:
-    """Frameworks under test: DUALCORE_TEST_FRAMEWORKS (comma list or "none"), else all
-    installed. Naming one that is not installed is an error, never a silent skip."""
-    installed = [f for f in ("fastapi", "litestar") if importlib.util.find_spec(f) is not None]
-    wanted = os.environ.get("DUALCORE_TEST_FRAMEWORKS")
-    if wanted is None:
-        return installed
-    names = [] if wanted.strip() == "none" else [w.strip() for w in wanted.split(",")]
-    missing = [n for n in names if n not in installed]
-    if missing:
-        raise pytest.UsageError(f"DUALCORE_TEST_FRAMEWORKS names uninstalled {missing}")
-    return names
-
-
-FRAMEWORKS = _frameworks()
+from tests.support.faultproxy import FaultProxy
+from tests.support.frameworks import FRAMEWORKS
 
 # Modules named after one framework import it at the top; modules that cover both are
-# parametrised over FRAMEWORKS and need at least one.
-collect_ignore_glob = [f"test_*{f}*.py" for f in ("fastapi", "litestar") if f not in FRAMEWORKS]
+# parametrised over FRAMEWORKS and need at least one. Patterns reach every area folder.
+collect_ignore_glob = [f"*/test_*{f}*.py" for f in ("fastapi", "litestar") if f not in FRAMEWORKS]
 if not FRAMEWORKS:
     collect_ignore_glob += [
-        "test_scenarios*.py",
-        "test_observability.py",
-        "test_readme*.py",
-        "test_seed_http.py",
+        "integrations/test_scenarios*.py",
+        "integrations/test_readme*.py",
+        "integrations/test_seed_http.py",
+        "observability/test_observability.py",
     ]
+
+
+SCOPE = os.environ.get("DUALCORE_TEST_SCOPE", "all")
+"""`all`, or `framework`: only the tests that exercise a web framework. A session that adds a
+second framework to a Python already tested in full runs `framework` (nox's Litestar sessions):
+the framework-independent tests would only run again, unchanged."""
+
+
+def exercises_a_framework(item: pytest.Item) -> bool:
+    """A framework case of a parametrised test, a test in a module named after a framework, or
+    one marked as using whichever frameworks are installed."""
+    if any(next(item.iter_markers(name), None) for name in ("fastapi", "litestar", "frameworks")):
+        return True
+    if any(name in item.path.name for name in ("fastapi", "litestar")):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    values = {str(value) for value in callspec.params.values()} | set(callspec.id.split("-"))
+    return bool(values & {"fastapi", "litestar"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SCOPE == "all":
+        return
+    if SCOPE != "framework":
+        raise pytest.UsageError(f"DUALCORE_TEST_SCOPE must be all or framework, not {SCOPE!r}")
+    keep = [item for item in items if exercises_a_framework(item)]
+    dropped = [item for item in items if not exercises_a_framework(item)]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +116,45 @@ async def pg_schema(database_url: str) -> AsyncIterator[str]:
             await conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A name unique to one test: the managers built with it tag their PostgreSQL backends
+    (`application_name`) and Redis connections (client name) with it, so a test finds its own."""
+    return f"dctest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def probe(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An independent engine for looking at the server from outside the managers: another
+    client of the same database."""
+    url = DatabaseSettings(url=database_url).sqlalchemy_url()  # any accepted URL form
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port with nothing listening (connections are refused), held bound so no one
+    else takes it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def pg_proxy(database_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the shared PostgreSQL."""
+    async with FaultProxy.for_url(database_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the shared Redis."""
+    async with FaultProxy.for_url(redis_url) as proxy:
+        yield proxy

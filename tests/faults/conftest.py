@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.conftest import FRAMEWORKS
 from tests.faults.harness import FaultEnv, Figures, PgMonitor, RedisMonitor, table
+from tests.support.frameworks import FRAMEWORKS
 
 FIGURES = pytest.StashKey[list[Figures]]()
 
@@ -64,10 +64,16 @@ def private_redis(fault_dir: Path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture(autouse=True)
-def servers_up(private_pg: EmbeddedPostgres, private_redis: EmbeddedRedis) -> Iterator[None]:
-    """Hand each test running servers and bring them back if a test left one down."""
+def servers_up(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hand each test that uses the private servers running ones, and bring them back if it left
+    one down. The fault proxy's own tests use the shared servers and start none."""
+    servers: list[EmbeddedPostgres | EmbeddedRedis] = [
+        request.getfixturevalue(name)
+        for name in ("private_pg", "private_redis")
+        if name in request.fixturenames
+    ]
     yield
-    for server in (private_pg, private_redis):
+    for server in servers:
         server.resume()
         if not server.is_running:
             server.start()

@@ -24,12 +24,10 @@ import httpx
 import redis.asyncio as aioredis
 
 from core.config import Settings
-from core.database import DatabaseManager
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from core.redis_client import RedisManager
 from core.resilience import BreakerState, CircuitBreaker
-from core.runtime import Lifespan
-from tests.scenario_apps import build_app
+from core.runtime import Core
+from tests.support.scenario_apps import build_app
 
 __all__ = [
     "SLACK",
@@ -233,7 +231,7 @@ def openings(breaker: CircuitBreaker) -> list[float]:
 # --- the service under test ------------------------------------------------------------------
 
 
-async def _create_tables(core: Lifespan) -> None:
+async def _create_tables(core: Core) -> None:
     from examples.users.models import User
 
     await core.db.create_all(User.metadata)
@@ -253,10 +251,8 @@ class Service:
         self.monitor = env.monitor
         self.redis_monitor = env.redis_monitor
         self.schema = env.schema
-        self.core = Lifespan(
-            DatabaseManager(settings),
-            RedisManager(settings),
-            settings=settings,
+        self.core = Core(
+            settings,
             on_startup=[_create_tables],
         )
         self.app: Any = None

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import event
 
 from core.resilience import BreakerState
-from tests.conftest import FRAMEWORKS
 from tests.faults.harness import (
     SLACK,
     FaultEnv,
@@ -25,6 +24,7 @@ from tests.faults.harness import (
     timed,
     wait_for,
 )
+from tests.support.frameworks import FRAMEWORKS
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,6 @@ import pytest
 from sqlalchemy import event
 
 from core.resilience import BreakerState
-from tests.conftest import FRAMEWORKS
-from tests.faultproxy import FaultProxy
 from tests.faults.harness import (
     SLACK,
     FaultEnv,
@@ -27,6 +25,8 @@ from tests.faults.harness import (
     summarise,
     wait_for,
 )
+from tests.support.faultproxy import FaultProxy
+from tests.support.frameworks import FRAMEWORKS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

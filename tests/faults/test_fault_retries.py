@@ -12,11 +12,7 @@ import anyio
 import pytest
 
 from core.config import Settings
-from core.database import DatabaseManager
-from core.redis_client import RedisManager
-from core.runtime import DependencyUnavailable, Lifespan
-from tests.conftest import FRAMEWORKS
-from tests.faultproxy import FaultProxy
+from core.runtime import Core, DependencyUnavailable
 from tests.faults.harness import (
     SLACK,
     FaultEnv,
@@ -29,6 +25,8 @@ from tests.faults.harness import (
     refused_some,
     summarise,
 )
+from tests.support.faultproxy import FaultProxy
+from tests.support.frameworks import FRAMEWORKS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -50,7 +48,7 @@ async def test_fault_retries_dead_postgres_at_startup(
             schema=env.schema,
             app={"startup_timeout": 2.0},
         )
-        core = Lifespan(DatabaseManager(settings), RedisManager(settings), settings=settings)
+        core = Core(settings)
         started = time.monotonic()
         with pytest.raises(DependencyUnavailable) as failed:
             with anyio.fail_after(settings.app.startup_timeout + 5):

@@ -13,10 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
-from core.database import DatabaseManager
-from core.redis_client import RedisManager
-from core.runtime import Lifespan
-from tests.conftest import FRAMEWORKS
+from core.runtime import Core
 from tests.faults.harness import (
     SLACK,
     FaultEnv,
@@ -26,7 +23,8 @@ from tests.faults.harness import (
     summarise,
     wait_for,
 )
-from tests.scenario_apps import build_app
+from tests.support.frameworks import FRAMEWORKS
+from tests.support.scenario_apps import build_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -34,7 +32,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 GONE = ("ConnectError", "RemoteProtocolError", "ReadError", "WriteError")
 
 
-async def _create_tables(core: Lifespan) -> None:
+async def _create_tables(core: Core) -> None:
     from examples.users.models import User
 
     await core.db.create_all(User.metadata)
@@ -54,10 +52,8 @@ async def test_fault_shutdown_with_requests_in_flight(
     grace = 5.0 if mode == "graceful" else 0.3
     settings = fault_settings(env.pg.url, env.redis.url, schema=env.schema)
     name = settings.app.name
-    core = Lifespan(
-        DatabaseManager(settings),
-        RedisManager(settings),
-        settings=settings,
+    core = Core(
+        settings,
         on_startup=[_create_tables],
     )
     await env.monitor.execute(f'CREATE SCHEMA "{env.schema}"')

@@ -1,0 +1,368 @@
+"""DatabaseManager details at the edges: every kind of read-only write refused, late writes after
+an explicit commit, replica probes and replica connections, cleanup of a session whose server hangs,
+and create_all's defaults and refusal text."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import MetaData, String, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import core.database.manager as manager_module
+from core.config import Settings, get_settings
+from core.database import DatabaseManager, ReadOnlySessionError
+from tests.support.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.anyio
+
+READ_ONLY_MESSAGE = "this session is read-only; use get_session() for writes"
+
+
+class Boom(Exception):
+    """Raised by test code inside a session."""
+
+
+def _model(schema: str) -> Any:
+    class Base(DeclarativeBase):
+        metadata = MetaData(schema=schema)
+
+    class Item(Base):
+        __tablename__ = "items"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+
+    return Item
+
+
+def _settings(
+    database_url: str, app_name: str, environment: str = "development", **db: Any
+) -> Settings:
+    database = {"url": database_url, "pool_size": 2, "max_overflow": 0, "pool_timeout": 2.0}
+    return Settings(
+        _env_file=None,
+        app={"name": app_name, "environment": environment},
+        database={**database, **db},
+        redis={"url": "redis://127.0.0.1:6379/0"},
+    )
+
+
+def _on_port(url: str, port: int) -> str:
+    return re.sub(r"@[^/@]+/", f"@127.0.0.1:{port}/", url, count=1)
+
+
+@pytest.fixture
+async def db(database_url: str, app_name: str) -> AsyncIterator[DatabaseManager]:
+    async with DatabaseManager(_settings(database_url, app_name)) as manager:
+        yield manager
+
+
+@pytest.fixture
+async def item(db: DatabaseManager, pg_schema: str) -> Any:
+    model = _model(pg_schema)
+    await db.create_all(model.metadata)
+    async with db.get_session() as session:
+        session.add(model(id=1, name="one"))
+    return model
+
+
+async def _names(probe: AsyncEngine, schema: str) -> list[str]:
+    async with probe.connect() as conn:
+        rows = await conn.execute(text(f'SELECT name FROM "{schema}".items ORDER BY id'))
+        return list(rows.scalars())
+
+
+# --- read-only sessions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["new", "dirty", "deleted"])
+async def test_read_only_session_refuses_every_kind_of_pending_change(
+    db: DatabaseManager, item: Any, probe: AsyncEngine, pg_schema: str, change: str
+) -> None:
+    # Each kind of change alone must be refused by the session itself, with a message that
+    # says where writes belong, before PostgreSQL ever sees a statement.
+
+    async def write() -> None:
+        async with db.get_session(read_only=True) as session:
+            if change == "new":
+                session.add(item(id=2, name="two"))
+            else:
+                loaded = await session.get(item, 1)
+                assert loaded is not None
+                if change == "dirty":
+                    loaded.name = "renamed"
+                else:
+                    await session.delete(loaded)
+            await session.flush()
+
+    with pytest.raises(ReadOnlySessionError) as info:
+        await write()
+    assert str(info.value) == READ_ONLY_MESSAGE
+    assert await _names(probe, pg_schema) == ["one"]
+
+
+async def test_read_only_session_flush_without_changes_is_allowed(
+    db: DatabaseManager, item: Any
+) -> None:
+    async with db.get_session(read_only=True) as session:
+        loaded = await session.get(item, 1)
+        await session.flush()
+        await session.flush([loaded])
+        assert loaded is not None and loaded.name == "one"
+
+
+# --- read-write sessions --------------------------------------------------------------------------
+
+
+async def test_change_made_after_an_explicit_commit_is_committed_on_exit(
+    db: DatabaseManager, item: Any, probe: AsyncEngine, pg_schema: str
+) -> None:
+    # After a commit the session holds no transaction, yet an object it loaded can still be
+    # modified: that change must not be silently dropped when the session ends.
+    async with db.get_session() as session:
+        loaded = await session.get(item, 1)
+        assert loaded is not None
+        await session.commit()
+        loaded.name = "after commit"
+    assert await _names(probe, pg_schema) == ["after commit"]
+
+
+# --- cleanup of a session whose server stops answering --------------------------------------------
+
+
+async def test_rollback_that_hangs_is_bounded_and_the_connection_thrown_away(
+    database_url: str,
+    app_name: str,
+    pg_proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A ROLLBACK that never gets an answer must not hold the request (or shutdown) forever:
+    # after the cleanup bound the connection is invalidated instead of returned to the pool.
+    cleanup = 0.3
+    monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", cleanup)
+    settings = _settings(pg_proxy.url_for(database_url), app_name)
+    async with DatabaseManager(settings) as db:
+        caplog.set_level(logging.WARNING, logger="dualcore.database")
+
+        async def interrupted() -> None:
+            async with db.get_session() as session:
+                await session.execute(text("SELECT 1"))
+                assert session.in_transaction()
+                pg_proxy.blackhole()
+                raise Boom("handler failed mid-transaction")
+
+        # Generous against the cleanup bound; without it the rollback would wait forever.
+        with anyio.fail_after(cleanup + 15), pytest.raises(Boom):
+            await interrupted()
+        assert db.engine.pool.checkedout() == 0
+        ours = [r for r in caplog.records if r.name == "dualcore.database"]
+        assert [(r.levelno, r.getMessage()) for r in ours] == [
+            (logging.WARNING, "session close failed (TimeoutError); invalidating its connection")
+        ]
+        pg_proxy.restore()
+        with anyio.fail_after(15):
+            async with db.get_session() as session:
+                assert (await session.execute(text("SELECT 2"))).scalar_one() == 2
+
+
+async def test_failure_to_invalidate_is_logged_and_the_handler_error_kept(
+    database_url: str,
+    app_name: str,
+    pg_proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Cleanup runs while the handler's own error propagates: a second failure while throwing
+    # the connection away must be logged with its traceback, never replace that error.
+    monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", 0.3)
+    settings = _settings(pg_proxy.url_for(database_url), app_name)
+    async with DatabaseManager(settings) as db:
+        caplog.set_level(logging.WARNING, logger="dualcore.database")
+
+        async def interrupted() -> None:
+            async with db.get_session() as session:
+                real_invalidate = session.invalidate
+
+                async def invalidate_then_fail() -> None:
+                    await real_invalidate()
+                    raise RuntimeError("invalidation failed")
+
+                monkeypatch.setattr(session, "invalidate", invalidate_then_fail)
+                await session.execute(text("SELECT 1"))
+                pg_proxy.blackhole()
+                raise Boom("handler failed mid-transaction")
+
+        with anyio.fail_after(15), pytest.raises(Boom):
+            await interrupted()
+        errors = [
+            r
+            for r in caplog.records
+            if r.name == "dualcore.database" and r.levelno >= logging.ERROR
+        ]
+        assert [r.getMessage() for r in errors] == ["invalidating a session's connection failed"]
+        assert errors[0].exc_info is not None
+        assert isinstance(errors[0].exc_info[1], RuntimeError)
+
+
+# --- replicas -------------------------------------------------------------------------------------
+
+
+async def test_replica_checks_probe_each_replica_by_position(
+    database_url: str, app_name: str, closed_port: int
+) -> None:
+    # The health report names probes by position: the probe named for replica 0 must reach
+    # replica 0 (down here) and the one for replica 1 replica 1 (up).
+    settings = _settings(
+        database_url,
+        app_name,
+        replica_urls=[_on_port(database_url, closed_port), database_url],
+        connect_timeout=5,
+    )
+    async with DatabaseManager(settings) as db:
+        checks = db.replica_checks()
+        assert [name for name, _ in checks] == ["postgresql-replica-0", "postgresql-replica-1"]
+        with anyio.fail_after(15):
+            with pytest.raises(ConnectionRefusedError):
+                await checks[0][1]()
+            latency = await checks[1][1]()
+        assert isinstance(latency, float) and latency > 0
+        assert db.replicas is not None
+        down, up = list(db.replicas)
+        assert not db.replicas.is_up(down)
+        assert db.replicas.is_up(up)
+
+
+async def test_replica_checks_registered_before_start(database_url: str, app_name: str) -> None:
+    db = DatabaseManager(_settings(database_url, app_name, replica_urls=[database_url]))
+    try:
+        [(name, check)] = db.replica_checks()
+        assert name == "postgresql-replica-0"
+        assert await check() > 0
+    finally:
+        await db.close()
+
+
+async def test_replica_probe_reports_when_the_replicas_are_gone(
+    database_url: str, app_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The process-wide manager reads the settings anew after `get_settings.cache_clear()`: a
+    # probe registered while replicas were configured then says plainly why it cannot run.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APP__NAME", app_name)
+    monkeypatch.setenv("APP__ENVIRONMENT", "development")
+    monkeypatch.setenv("DATABASE__URL", database_url)
+    monkeypatch.setenv("DATABASE__REPLICA_URLS", database_url)
+    get_settings.cache_clear()
+    db = DatabaseManager()
+    try:
+        [(_, check)] = db.replica_checks()
+        monkeypatch.delenv("DATABASE__REPLICA_URLS")
+        get_settings.cache_clear()
+        await db.start()
+        with pytest.raises(RuntimeError) as info:
+            await check()
+        assert str(info.value) == "no replicas are configured"
+    finally:
+        await db.close()
+        get_settings.cache_clear()
+
+
+async def test_replica_session_returns_its_connection(database_url: str, app_name: str) -> None:
+    settings = _settings(database_url, app_name, replica_urls=[database_url])
+    async with DatabaseManager(settings) as db:
+        assert db.replicas is not None
+        [replica] = list(db.replicas)
+        for _ in range(3):
+            async with db.get_session(read_only=True) as session:
+                assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+                assert replica.engine.pool.checkedout() == 1
+            assert replica.engine.pool.checkedout() == 0
+
+
+# --- create_all -----------------------------------------------------------------------------------
+
+
+async def test_create_all_refusal_names_the_alternative(database_url: str, app_name: str) -> None:
+    async with DatabaseManager(_settings(database_url, app_name, "production")) as db:
+        with pytest.raises(RuntimeError) as info:
+            await db.create_all(MetaData())
+    assert str(info.value) == (
+        "create_all() runs only in the development environment; "
+        "use migrations (dualcore db upgrade) elsewhere"
+    )
+
+
+async def test_create_all_defaults_to_the_models_base(
+    database_url: str, app_name: str, pg_schema: str, probe: AsyncEngine
+) -> None:
+    from core.models import Base
+
+    # The search path keeps whatever the shared Base holds inside this test's own schema.
+    settings = _settings(database_url, app_name, search_path=pg_schema)
+    async with DatabaseManager(settings) as db:
+        await db.create_all()
+    async with probe.connect() as conn:
+        tables = await conn.execute(
+            text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+            {"s": pg_schema},
+        )
+        assert set(tables.scalars()) == {t.name for t in Base.metadata.tables.values()}
+
+
+async def test_failure_to_close_a_replica_connection_is_logged_not_raised(
+    database_url: str,
+    app_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The read already succeeded; a failure while handing its connection back must not turn
+    # the finished request into an error, but it must leave a trace.
+    settings = _settings(database_url, app_name, replica_urls=[database_url])
+    async with DatabaseManager(settings) as db:
+        caplog.set_level(logging.WARNING, logger="dualcore.database")
+        targets: list[AsyncConnection] = []
+        real_close = AsyncConnection.close
+
+        async def close_then_fail(self: AsyncConnection) -> None:
+            await real_close(self)
+            if self in targets:
+                raise RuntimeError("close failed")
+
+        monkeypatch.setattr(AsyncConnection, "close", close_then_fail)
+        async with db.get_session(read_only=True) as session:
+            assert isinstance(session.bind, AsyncConnection)
+            targets.append(session.bind)
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+        errors = [
+            r
+            for r in caplog.records
+            if r.name == "dualcore.database" and r.levelno >= logging.ERROR
+        ]
+        assert [r.getMessage() for r in errors] == ["closing a replica connection failed"]
+        assert targets[0].closed
+
+
+# --- session_factory ------------------------------------------------------------------------------
+
+
+async def test_session_factory_defaults_to_read_write_sessions(
+    db: DatabaseManager, item: Any, probe: AsyncEngine, pg_schema: str
+) -> None:
+    # Code that manages its own sessions asks for the factory with no arguments to write.
+    async with db.session_factory()() as session:
+        session.add(item(id=2, name="two"))
+        await session.commit()
+    assert await _names(probe, pg_schema) == ["one", "two"]
+    async with db.session_factory(read_only=True)() as session:
+        session.add(item(id=3, name="three"))
+        with pytest.raises(ReadOnlySessionError):
+            await session.flush()
+    assert await _names(probe, pg_schema) == ["one", "two"]

@@ -152,14 +152,20 @@ class Pair:
 
 
 async def paired_rounds(
-    ops: dict[str, Op], pairs: Sequence[Pair], rounds: int, per_block: int, warmup: int = 200
+    ops: dict[str, Op],
+    pairs: Sequence[Pair],
+    rounds: int,
+    per_block: int,
+    warmup: int = 200,
+    samples: dict[Pair, list[float]] | None = None,
 ) -> tuple[dict[str, float], dict[Pair, float]]:
     """Run each pair's blocks side by side, alternating order, for `rounds` rounds.
 
     Returns (median µs per call of every operation, median per-round ratio variant/baseline of
     every pair). Adjacent blocks see the same machine load, so their ratio is far steadier than
     either time on a shared machine. A variant may appear in several pairs (against different
-    baselines); each pair runs its own blocks.
+    baselines); each pair runs its own blocks. `samples`, when given, receives every pair's
+    per-round ratios (for the charts of their spread).
     """
     for op in ops.values():
         for _ in range(warmup):
@@ -178,6 +184,8 @@ async def paired_rounds(
             times[pair.variant].append(t_var)
             times[pair.baseline].append(t_base)
             ratios[pair].append(t_var / t_base)
+    if samples is not None:
+        samples.update(ratios)
     return (
         {name: statistics.median(v) for name, v in times.items() if v},
         {name: statistics.median(v) for name, v in ratios.items()},

@@ -93,7 +93,7 @@ AppFactory = Callable[[], Any]
 def app_factories(ds: Dataset) -> dict[str, AppFactory]:
     """The benchmark apps by name, built in this process against `ds`.
 
-    The anchors read the environment, so it is set here for them (and for `Lifespan()`, whose
+    The anchors read the environment, so it is set here for them (and for `Core()`, whose
     settings are read again).
     """
     os.environ.update(ds.env())

@@ -31,14 +31,14 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from core.observability.asgi_types import ASGIApp
-from core.runtime import Lifespan
+from core.runtime import Core
 from examples.users.models import User
 from examples.users.schemas import UserOut
 
 TTL = 300
 
 
-class BareLifespan(Lifespan):
+class BareLifespan(Core):
     """The core without its observability middleware (the unit of work stays: it is what makes
     the sessions commit before the response)."""
 
@@ -208,7 +208,7 @@ def _litestar_aa(*, equal_work: bool) -> Any:
 def _core() -> Any:
     """The core the dualcore apps run on: as shipped, or without its HTTP middleware when
     `BENCH_OBSERVABILITY=none` (the baseline of the observability stack's cost)."""
-    return BareLifespan() if os.environ.get("BENCH_OBSERVABILITY") == "none" else Lifespan()
+    return BareLifespan() if os.environ.get("BENCH_OBSERVABILITY") == "none" else Core()
 
 
 def fastapi_dualcore() -> Any:

@@ -176,12 +176,15 @@ class Variants:
             await self.client.aclose()
 
 
-async def measure(rounds: int, ops: int) -> tuple[dict[str, float], dict[Pair, float]]:
-    """(median µs per call by operation, median ratio by pair)."""
+async def measure(
+    rounds: int, ops: int, samples: dict[Pair, list[float]] | None = None
+) -> tuple[dict[str, float], dict[Pair, float]]:
+    """(median µs per call by operation, median ratio by pair); per-round ratios into
+    `samples` when given."""
     variants = Variants(f"bench_cache_{uuid.uuid4().hex[:8]}:")
     try:
         built = await variants.build()
-        return await paired_rounds(built, PAIRS, rounds, ops)
+        return await paired_rounds(built, PAIRS, rounds, ops, samples=samples)
     finally:
         await variants.close()
 

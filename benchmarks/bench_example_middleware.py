@@ -30,7 +30,7 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from _common import Dataset, quiet_access_log
@@ -38,7 +38,7 @@ from asgi_driver import Driver, app_factories, running
 from baseline_apps import BareLifespan
 from bench_http import ENDPOINTS, prepare, start_servers, stop_servers, wrk
 
-from core.runtime import Lifespan
+from core.runtime import Core
 
 CONCURRENCY = 8
 POOL_SIZE = 3
@@ -55,9 +55,9 @@ def _factories(ds: Dataset) -> dict[str, Callable[[], Any]]:
     from examples.litestar_app import create_app as litestar_app
 
     return {
-        "fastapi full": lambda: fastapi_app(Lifespan()),
+        "fastapi full": lambda: fastapi_app(Core()),
         "fastapi none": lambda: fastapi_app(BareLifespan()),
-        "litestar full": lambda: litestar_app(Lifespan()),
+        "litestar full": lambda: litestar_app(Core()),
         "litestar none": lambda: litestar_app(BareLifespan()),
     }
 
@@ -101,6 +101,8 @@ class Served:
     control: float
     """The same figure for two processes that both run without the stack: the noise floor.
     Its distance from zero is the `noise` the summary's verdict allows above the limit."""
+    losses: list[float] = field(default_factory=list)
+    """The loss of each round (a fraction), for the charts of its spread."""
 
 
 async def measure_served(
@@ -161,6 +163,7 @@ async def measure_served(
                 statistics.median(rps[key]),
                 1 - statistics.median(values),
                 1 - statistics.median(controls[key]),
+                [1 - v for v in values],
             )
             for key, values in ratios.items()
         }

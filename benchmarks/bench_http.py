@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -188,12 +188,13 @@ def wrk(url: str, script: str, seconds: float, connections: int) -> float:
 
 @dataclass
 class HttpResult:
-    """Median requests/s by (server, endpoint), median ratio by (ours, baseline, endpoint), and
-    database round trips per request by (server, endpoint)."""
+    """Median requests/s by (server, endpoint), median ratio by (ours, baseline, endpoint),
+    database round trips per request by (server, endpoint), and the per-round ratios."""
 
     rps: dict[tuple[str, str], float]
     ratios: dict[tuple[str, str, str], float]
     trips: dict[tuple[str, str], str]
+    samples: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
 
 
 async def count_round_trips(
@@ -265,6 +266,7 @@ async def measure(ds: Dataset, rounds: int, seconds: float, connections: int) ->
         {k: statistics.median(v) for k, v in rps.items()},
         {k: statistics.median(v) for k, v in ratios.items()},
         trips,
+        ratios,
     )
 
 

@@ -133,12 +133,13 @@ async def close(resources: list[Any]) -> None:
 
 
 async def measure(
-    ds: Dataset, rounds: int, ops_per_block: int
+    ds: Dataset, rounds: int, ops_per_block: int, samples: dict[Pair, list[float]] | None = None
 ) -> tuple[dict[str, float], dict[Pair, float]]:
-    """(median µs per read by variant, median ratio by pair)."""
+    """(median µs per read by variant, median ratio by pair); per-round ratios into
+    `samples` when given."""
     ops, resources = await build(ds)
     try:
-        return await paired_rounds(ops, PAIRS, rounds, ops_per_block)
+        return await paired_rounds(ops, PAIRS, rounds, ops_per_block, samples=samples)
     finally:
         await close(resources)
 

@@ -7,7 +7,10 @@ Needs PostgreSQL and Redis (BENCH_DATABASE_URL, default postgresql://postgres@12
 BENCH_REDIS_URL, default redis://127.0.0.1:6379/0) and `wrk` on the PATH for the HTTP parts.
 Each part works on its own schema and key prefix and removes them afterwards. The machine may
 be shared and noisy: every comparison runs its variants back to back in alternating order and
-reports the median of the per-round ratios. The table is printed and written to `--out`.
+reports the median of the per-round ratios. The table is printed and written to `--out`; a
+chart of every comparison with its spread over the rounds and its target is written next to it
+as PNG and SVG (`latest.png`, `latest.svg` for the default `--out`; needs matplotlib, in the
+`bench` dependency group).
 
 | part | what is compared | target |
 |---|---|---|
@@ -75,6 +78,9 @@ class Row:
     noise: float | None = None
     """Allowance above the limit before a loss is a miss (from a control), in `unit`."""
     detail: str = ""
+    samples: tuple[float, ...] = ()
+    """The per-round figures whose median is `measured`, in `unit` (empty: one reading)."""
+    part: str = ""
 
     def verdict(self, quick: bool) -> str:
         """pass / MISS / within noise; "" for information; no verdict in a quick run."""
@@ -131,7 +137,8 @@ def _say(text: str) -> None:
 
 async def session_part(ds: Dataset, plan: Plan) -> list[Row]:
     trips = await bench_session.round_trips(ds)
-    times, ratios = await bench_session.measure(ds, plan.session_rounds, plan.session_ops)
+    samples: dict[Pair, list[float]] = {}
+    times, ratios = await bench_session.measure(ds, plan.session_rounds, plan.session_ops, samples)
     for name, t in times.items():
         _say(f"  {name:24} {t:8.1f} µs/read  round trips/read {trips[name]}")
 
@@ -139,7 +146,9 @@ async def session_part(ds: Dataset, plan: Plan) -> list[Row]:
         t_var, t_base = times[pair.variant], times[pair.baseline]
         rt_var, rt_base = trips[pair.variant].split()[0], trips[pair.baseline].split()[0]
         detail = f"{t_var:.0f} vs {t_base:.0f} µs; round trips {rt_var} vs {rt_base}"
-        return Row(target, ratios[pair], limit, detail=f"{detail}{note}")
+        return Row(
+            target, ratios[pair], limit, detail=f"{detail}{note}", samples=tuple(samples[pair])
+        )
 
     return [
         row(bench_session.RO_TARGET, "1 read-only session vs asyncpg (PK read)", 1.5),
@@ -157,7 +166,8 @@ async def session_part(ds: Dataset, plan: Plan) -> list[Row]:
 
 
 async def cache_part(plan: Plan) -> list[Row]:
-    times, ratios = await bench_cache.measure(plan.cache_rounds, plan.cache_ops)
+    samples: dict[Pair, list[float]] = {}
+    times, ratios = await bench_cache.measure(plan.cache_rounds, plan.cache_ops, samples)
     for name, t in times.items():
         _say(f"  {name:34} {t:8.1f} µs/call")
     rows = [
@@ -167,6 +177,7 @@ async def cache_part(plan: Plan) -> list[Row]:
             1.2,
             detail=f"{times[pair.variant]:.0f} vs {times[pair.baseline]:.0f} µs; "
             "RedisManager(settings).cache, metrics hook on",
+            samples=tuple(samples[pair]),
         )
         for pair, kind in bench_cache.TARGETS.items()
     ]
@@ -176,6 +187,7 @@ async def cache_part(plan: Plan) -> list[Row]:
             ratio,
             None,
             detail=f"{times[pair.variant]:.0f} vs {times[pair.baseline]:.0f} µs",
+            samples=tuple(samples[pair]),
         )
         for pair, ratio in ratios.items()
         if pair not in bench_cache.TARGETS
@@ -202,6 +214,7 @@ async def http_part(ds: Dataset, plan: Plan) -> list[Row]:
                         detail=f"{result.rps[(ours, label)]:.0f} vs "
                         f"{result.rps[(base, label)]:.0f} req/s; "
                         f"db round trips/request {rt_ours} vs {rt_base}",
+                        samples=tuple(result.samples.get((ours, base, label), ())),
                     )
                 )
     return rows
@@ -241,6 +254,7 @@ async def middleware_part(ds: Dataset, plan: Plan) -> list[Row]:
             unit="%",
             noise=abs(row.control) * 100,
             detail=f"{row.rps:.0f} req/s with it; control {row.control * 100:+.1f}%",
+            samples=tuple(loss * 100 for loss in row.losses),
         )
         for (framework, label), row in served.items()
     ]
@@ -265,15 +279,18 @@ async def run(parts: list[str], plan: Plan) -> list[Row]:
         for part in parts:
             _say(f"[{time.strftime('%H:%M:%S')}] {part} ...")
             if part == "session":
-                rows += await session_part(ds, plan)
+                found = await session_part(ds, plan)
             elif part == "cache":
-                rows += await cache_part(plan)
+                found = await cache_part(plan)
             elif part == "http":
-                rows += await http_part(ds, plan)
+                found = await http_part(ds, plan)
             elif part == "memory":
-                rows += await memory_part(plan)
-            elif part == "middleware":
-                rows += await middleware_part(ds, plan)
+                found = await memory_part(plan)
+            else:
+                found = await middleware_part(ds, plan)
+            for row in found:
+                row.part = part
+            rows += found
     finally:
         await ds.drop()
     return rows
@@ -333,6 +350,23 @@ def report(rows: list[Row], quick: bool, elapsed: float) -> tuple[int, str]:
     return code, text
 
 
+def write_charts(rows: list[Row], quick: bool, out: Path) -> list[Path]:
+    """The run's chart, as PNG and SVG next to `out`; [] when matplotlib is missing."""
+    try:
+        import charts
+    except ImportError:  # pragma: no cover - charts.py is beside this file
+        return []
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _say("matplotlib is not installed (it is in the bench dependency group): no chart")
+        return []
+    kind = "quick run, too short to judge" if quick else "full run"
+    title = f"dualcore benchmarks ({kind})"
+    subtitle = f"{machine()} · {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    return charts.write(rows, out.with_suffix(""), title, subtitle)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short run, figures only, no verdict")
@@ -362,6 +396,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     _say(f"written to {args.out}")
+    for path in write_charts(rows, args.quick, args.out):
+        _say(f"chart written to {path}")
     return code
 
 

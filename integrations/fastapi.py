@@ -23,7 +23,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.routing import Match
 
 from core.cache import Cache as _Cache
@@ -39,11 +39,13 @@ from core.unit_of_work import request_session
 __all__ = [
     "Cache",
     "DbSession",
+    "ReadDbConnection",
     "ReadDbSession",
     "RedisClient",
     "get_cache",
     "get_core",
     "get_db",
+    "get_read_connection",
     "get_read_db",
     "get_redis",
     "install",
@@ -70,6 +72,13 @@ async def get_read_db(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A read-only SQLAlchemy Core connection per request, for hot read endpoints: no ORM
+    session, one round trip per statement, replicas honoured (`DatabaseManager.read_connection`)."""
+    async with get_core(request).db.read_connection() as conn:
+        yield conn
+
+
 async def get_redis(request: Request) -> Redis:
     """The shared Redis client (async: FastAPI runs plain functions in a thread pool)."""
     return get_core(request).redis.client
@@ -82,6 +91,7 @@ async def get_cache(request: Request) -> _Cache:
 
 DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
 ReadDbSession = Annotated[AsyncSession, Depends(get_read_db, scope="function")]
+ReadDbConnection = Annotated[AsyncConnection, Depends(get_read_connection, scope="function")]
 RedisClient = Annotated[Redis, Depends(get_redis)]
 Cache = Annotated[_Cache, Depends(get_cache)]
 
@@ -185,7 +195,9 @@ def _document_core_responses(app: FastAPI) -> None:
                 continue
             uses = _uses(route.dependant)
             documented = documented_responses(
-                core_dependency=bool(uses & {get_read_db, get_redis, get_cache}),
+                core_dependency=bool(
+                    uses & {get_read_db, get_read_connection, get_redis, get_cache}
+                ),
                 writes=get_db in uses,
             )
             operations = schema.get("paths", {}).get(route.path_format, {})

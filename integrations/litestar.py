@@ -6,7 +6,8 @@
     async def read(user_id: FromPath[int], read_session: AsyncSession) -> ...: ...
 
 Dependencies: `db_session` (read-write, committed before the response starts, rolled back if
-the handler raises), `read_session` (read-only), `redis`, `cache` (the core's `Cache`) and
+the handler raises), `read_session` (read-only), `read_connection` (a read-only SQLAlchemy Core
+connection for hot reads), `redis`, `cache` (the core's `Cache`) and
 `core` (the `Core` itself; `get_core(request)` outside dependency injection). Routes: `/health`
 (the readiness report, as is `/health/ready`), `/health/live` and `/metrics`.
 """
@@ -28,7 +29,7 @@ from litestar.openapi.spec import OpenAPIHeader, OpenAPIType, Operation, Referen
 from litestar.plugins import InitPluginProtocol, ReceiveRoutePlugin
 from litestar.routes import BaseRoute, HTTPRoute
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.cache import Cache
 from core.http import (
@@ -65,12 +66,13 @@ class CorePlugin(InitPluginProtocol, ReceiveRoutePlugin):
         redis_key: str = "redis",
         cache_key: str = "cache",
         core_key: str = "core",
+        read_connection_key: str = "read_connection",
     ) -> None:
         self.core = core if core is not None else lifespan
         self._health_path = health_path
         self._metrics = metrics
         self._middleware = middleware
-        self._keys = (db_key, read_db_key, redis_key, cache_key, core_key)
+        self._keys = (db_key, read_db_key, redis_key, cache_key, core_key, read_connection_key)
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Register lifespan, dependencies, routes, exception handlers and middleware."""
@@ -104,6 +106,10 @@ class CorePlugin(InitPluginProtocol, ReceiveRoutePlugin):
             async with core.db.get_session(read_only=True) as session:
                 yield session
 
+        async def provide_read_connection() -> AsyncIterator[AsyncConnection]:
+            async with core.db.read_connection() as conn:
+                yield conn
+
         def provide_redis() -> Redis:
             return core.redis.client
 
@@ -113,11 +119,12 @@ class CorePlugin(InitPluginProtocol, ReceiveRoutePlugin):
         def provide_core() -> Core:
             return core
 
-        db_key, read_db_key, redis_key, cache_key, core_key = self._keys
+        db_key, read_db_key, redis_key, cache_key, core_key, read_conn_key = self._keys
         # The app's own providers win: that is how a test (or a service) overrides one.
         app_config.dependencies = {
             db_key: Provide(provide_db_session),
             read_db_key: Provide(provide_read_session),
+            read_conn_key: Provide(provide_read_connection),
             redis_key: Provide(provide_redis, sync_to_thread=False),
             cache_key: Provide(provide_cache, sync_to_thread=False),
             core_key: Provide(provide_core, sync_to_thread=False),
@@ -163,13 +170,13 @@ class CorePlugin(InitPluginProtocol, ReceiveRoutePlugin):
         if not isinstance(route, HTTPRoute):
             return
         _answer_options_for_the_whole_path(route)
-        db_key, read_db_key, redis_key, cache_key, _ = self._keys
+        db_key, read_db_key, redis_key, cache_key, _, read_conn_key = self._keys
         for handler, _ in route.route_handler_map.values():
             if not handler.resolve_include_in_schema():
                 continue
             uses = _used_dependencies(handler)
             documented = documented_responses(
-                core_dependency=bool(uses & {read_db_key, redis_key, cache_key}),
+                core_dependency=bool(uses & {read_db_key, read_conn_key, redis_key, cache_key}),
                 writes=db_key in uses,
             )
             if not documented:

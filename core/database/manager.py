@@ -370,6 +370,46 @@ class DatabaseManager:
         finally:
             await finish_shielded(_release(session, conn))
 
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A SQLAlchemy Core connection for hot reads, returned to its pool on exit.
+
+        The fast path under `get_session(read_only=True)`: no ORM session, identity map or
+        flush. It comes from the same autocommit pool opened with
+        `default_transaction_read_only=on` (each statement runs on its own: one round trip, and
+        PostgreSQL refuses writes), or from the next replica that accepts a connection. Cleanup
+        completes even if the task is cancelled.
+        """
+        if self._read_engine is None:
+            self._build()
+        picked = await self._replicas.connect() if self._replicas else None
+        if picked is not None:
+            conn, replica = picked
+            try:
+                yield conn
+            except Exception as exc:
+                if self._replicas is not None and is_connection_failure(exc):
+                    self._replicas.mark_down(replica)
+                raise
+            finally:
+                await finish_shielded(_release_connection(conn))
+            return
+        breaker = self.breaker
+        await breaker.__aenter__()
+        failure: BaseException | None = None
+        try:
+            assert self._read_engine is not None
+            conn = await self._read_engine.connect()
+            try:
+                yield conn
+            finally:
+                await finish_shielded(_release_connection(conn))
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            await breaker.__aexit__(None, failure, None)
+
     async def run_in_transaction(
         self,
         fn: Callable[[AsyncSession], Awaitable[T]],
@@ -442,6 +482,19 @@ def _has_work(session: AsyncSession) -> bool:
 def _checked_out(engine: AsyncEngine) -> int:
     checkedout = getattr(engine.pool, "checkedout", None)
     return int(checkedout()) if checkedout is not None else 0
+
+
+async def _release_connection(conn: AsyncConnection) -> None:
+    """Return `conn` to its pool; if that cannot finish in time, throw it away instead."""
+    try:
+        async with deadline(_CLEANUP_TIMEOUT):
+            await conn.close()
+    except Exception as exc:
+        log.warning("connection close failed (%s); invalidating it", type(exc).__name__)
+        try:
+            await conn.invalidate()
+        except Exception:
+            log.exception("invalidating a connection failed")
 
 
 async def _release(session: AsyncSession, conn: AsyncConnection | None = None) -> None:

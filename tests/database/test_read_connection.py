@@ -1,0 +1,212 @@
+"""`DatabaseManager.read_connection()`: the Core read fast path on a real PostgreSQL. Reads on the
+read-only autocommit pool (or a replica), writes refused by the server, the connection back in its
+pool however the block ends, and the breaker in front of the primary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.config import Settings
+from core.database import DatabaseManager
+from core.resilience import BreakerState, CircuitOpenError
+
+pytestmark = pytest.mark.anyio
+
+
+class Boom(Exception):
+    """Raised by test code inside the block."""
+
+
+def _settings(database_url: str, app_name: str, **db: Any) -> Settings:
+    database = {"url": database_url, "pool_size": 1, "max_overflow": 0, "pool_timeout": 2.0}
+    return Settings(
+        _env_file=None,
+        app={"name": app_name, "environment": "development"},
+        database={**database, **db},
+        redis={"url": "redis://127.0.0.1:6379/0"},
+    )
+
+
+@pytest.fixture
+async def db(database_url: str, app_name: str, pg_schema: str) -> AsyncIterator[DatabaseManager]:
+    async with DatabaseManager(_settings(database_url, app_name, search_path=pg_schema)) as m:
+        async with m.get_session() as session:
+            await session.execute(text("CREATE TABLE items (id int PRIMARY KEY, name text)"))
+            await session.execute(text("INSERT INTO items VALUES (7, 'seven')"))
+        yield m
+
+
+def _checked_out(db: DatabaseManager) -> tuple[int, int]:
+    return db.engine.pool.checkedout(), db.read_engine.pool.checkedout()
+
+
+async def _pid(db: DatabaseManager) -> int:
+    async with db.read_connection() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_reads_on_the_read_only_pool_and_gives_the_connection_back(
+    db: DatabaseManager,
+) -> None:
+    async with db.read_connection() as conn:
+        row = (await conn.execute(text("SELECT id, name FROM items WHERE id = 7"))).one()
+        assert tuple(row) == (7, "seven")
+        assert (await conn.execute(text("SHOW transaction_read_only"))).scalar_one() == "on"
+        assert _checked_out(db) == (0, 1)
+    assert _checked_out(db) == (0, 0)
+
+
+async def test_each_statement_runs_on_its_own(db: DatabaseManager) -> None:
+    # Autocommit: no BEGIN, so every statement is its own transaction with its own start time
+    # (inside one transaction `now()` would not move).
+    async with db.read_connection() as conn:
+        first = (await conn.execute(text("SELECT now()"))).scalar_one()
+        await conn.execute(text("SELECT pg_sleep(0.02)"))
+        second = (await conn.execute(text("SELECT now()"))).scalar_one()
+    assert second > first
+
+
+async def test_writes_are_refused_by_postgres(db: DatabaseManager, probe: AsyncEngine) -> None:
+    with pytest.raises(DBAPIError) as info:
+        async with db.read_connection() as conn:
+            await conn.execute(text("INSERT INTO items VALUES (8, 'eight')"))
+    assert "read-only transaction" in str(info.value)
+    assert _checked_out(db) == (0, 0)
+    async with db.read_connection() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM items"))).scalar_one()
+    assert count == 1
+
+
+async def test_an_error_in_the_block_propagates_and_the_connection_is_reused(
+    db: DatabaseManager,
+) -> None:
+    pid = await _pid(db)
+
+    async def handler() -> None:
+        async with db.read_connection() as conn:
+            await conn.execute(text("SELECT 1"))
+            raise Boom("in the handler")
+
+    with pytest.raises(Boom):
+        await handler()
+    assert _checked_out(db) == (0, 0)
+    assert await _pid(db) == pid  # returned to the one-connection pool, not thrown away
+
+
+async def test_cancelled_mid_query_gives_the_connection_back(
+    db: DatabaseManager, probe: AsyncEngine, app_name: str
+) -> None:
+    started = anyio.Event()
+
+    async def slow() -> None:
+        async with db.read_connection() as conn:
+            started.set()
+            await conn.execute(text("SELECT pg_sleep(5)"))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await started.wait()
+            await anyio.sleep(0.2)
+            tg.cancel_scope.cancel()
+    assert _checked_out(db) == (0, 0)
+    with anyio.fail_after(5):
+        # The pool still serves, and the server is not left running the cancelled query.
+        async with db.read_connection() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+        while True:
+            async with probe.connect() as conn:
+                busy = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n "
+                        "AND query LIKE '%pg_sleep(5)%' AND state = 'active'"
+                    ),
+                    {"n": app_name},
+                )
+            if busy == 0:
+                break
+            await anyio.sleep(0.05)
+
+
+async def test_cancelled_between_statements_the_connection_is_reused(
+    db: DatabaseManager,
+) -> None:
+    # The client went away while the handler awaited something else: the connection is idle,
+    # so it goes back to the pool (the one-connection pool serves the same backend next).
+    pid = await _pid(db)
+    inside = anyio.Event()
+
+    async def handler() -> None:
+        async with db.read_connection() as conn:
+            await conn.execute(text("SELECT 1"))
+            inside.set()
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handler)
+            await inside.wait()
+            tg.cancel_scope.cancel()
+    assert _checked_out(db) == (0, 0)
+    with anyio.fail_after(5):
+        assert await _pid(db) == pid
+
+
+async def test_refused_connections_open_the_breaker_and_then_fail_fast(
+    app_name: str, closed_port: int
+) -> None:
+    threshold = 3
+    settings = Settings(
+        _env_file=None,
+        app={"name": app_name},
+        database={"url": f"postgresql://u@127.0.0.1:{closed_port}/d", "connect_timeout": 2},
+        resilience={"breaker_failure_threshold": threshold, "breaker_reset_timeout": 60},
+    )
+    async with DatabaseManager(settings) as db:
+        attempts: list[object] = []
+        event.listen(db.read_engine.sync_engine, "do_connect", lambda *a: attempts.append(a))
+        with anyio.fail_after(10):
+            for n in range(1, threshold + 1):
+                with pytest.raises(ConnectionRefusedError):
+                    async with db.read_connection():
+                        pass
+                assert len(attempts) == n
+                assert db.breaker.snapshot().consecutive_failures == n
+            assert db.breaker.state is BreakerState.OPEN
+            entered = False
+            with pytest.raises(CircuitOpenError):
+                async with db.read_connection():
+                    entered = True
+        assert not entered
+        assert len(attempts) == threshold
+
+
+async def test_an_app_error_does_not_count_against_the_breaker(db: DatabaseManager) -> None:
+    for _ in range(db.settings.resilience.breaker_failure_threshold + 1):
+        with pytest.raises(Boom):
+            async with db.read_connection():
+                raise Boom("not the database's fault")
+    assert db.breaker.state is BreakerState.CLOSED
+    assert db.breaker.snapshot().consecutive_failures == 0
+
+
+async def test_reads_go_to_a_replica_when_one_is_configured(
+    database_url: str, app_name: str
+) -> None:
+    settings = _settings(database_url, app_name, replica_urls=[database_url])
+    async with DatabaseManager(settings) as db:
+        assert db.replicas is not None
+        [replica] = list(db.replicas)
+        for _ in range(2):
+            async with db.read_connection() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+                assert replica.engine.pool.checkedout() == 1
+                assert _checked_out(db) == (0, 0)
+            assert replica.engine.pool.checkedout() == 0

@@ -25,9 +25,6 @@ from core.config import Settings
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROWS = 5000
-# Pool size of every server: above the load generator's concurrency, so the figures measure
-# requests, not the opening of overflow connections.
-POOL_SIZE = 24
 
 Op = Callable[[], Awaitable[object]]
 
@@ -112,8 +109,6 @@ class Dataset:
             "REDIS__KEY_PREFIX": self.prefix,
             "APP__NAME": "bench",
             "APP__ENVIRONMENT": "production",
-            "DATABASE__POOL_SIZE": str(POOL_SIZE),
-            "BENCH_POOL_SIZE": str(POOL_SIZE),
             "BENCH_SCHEMA": self.schema,
             "BENCH_PREFIX": self.prefix,
         }

@@ -1,6 +1,6 @@
 """HTTP throughput of the example service against hand-written baselines, one framework at a time.
 
-    python benchmarks/bench_http.py [--rounds N] [--seconds S] [--connections C]
+    python benchmarks/bench_http.py [--rounds N] [--seconds S] [--connections C ...]
 
 For each framework three uvicorn servers (one worker each, loopback) run side by side: the
 example app, the seed-style baseline and the equal-work baseline (`baseline_apps.py`):
@@ -10,14 +10,16 @@ example app, the seed-style baseline and the equal-work baseline (`baseline_apps
 - Litestar: `litestar-dualcore`, `litestar-aa` (advanced-alchemy's plugin as documented:
   BEGIN/COMMIT) and `litestar-aa-ro` (the same plugin on an autocommit read-only engine).
 
-`wrk` (one thread, keep-alive) drives one server at a time, rotating over 100 users; each round
-runs the three servers back to back, in an order that cycles through all six permutations, and
-the table shows median requests/s and the median per-round ratios dualcore/baseline. Against
+`wrk` (one thread, keep-alive) drives one server at a time, rotating over 100 users, at each
+concurrency of `--connections` (default 32 and 128: more clients than the default pool of 10 + 10
+overflow connections, which every app keeps, as services run); each round runs the three servers
+back to back, in an order that cycles through all six permutations, and the table shows median
+requests/s and the median per-round ratios dualcore/baseline. Against
 the seed style the ratio is what a user gains by switching; against the equal-work baseline it
 is what dualcore's own layer costs. Before the timed rounds the servers run once more behind a
 counting proxy (`pgwire.py`), which shows the database round trips per request of each.
-Target: every dualcore server at least 1.0x its seed-style anchor on `GET /users/{id}` and on
-the cached lookup `GET /users/{id}/cached`.
+Target: every dualcore server at least 1.10x its seed-style anchor on `GET /users/{id}` and on
+the cached lookup `GET /users/{id}/cached`, at every concurrency.
 """
 
 from __future__ import annotations
@@ -188,13 +190,20 @@ def wrk(url: str, script: str, seconds: float, connections: int) -> float:
 
 @dataclass
 class HttpResult:
-    """Median requests/s by (server, endpoint), median ratio by (ours, baseline, endpoint),
-    database round trips per request by (server, endpoint), and the per-round ratios."""
+    """Median requests/s by (server, case), median ratio by (ours, baseline, case), database
+    round trips per request by (server, endpoint), and the per-round ratios. A case is an
+    endpoint at one concurrency (`cases` maps each to its endpoint)."""
 
     rps: dict[tuple[str, str], float]
     ratios: dict[tuple[str, str, str], float]
     trips: dict[tuple[str, str], str]
     samples: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    cases: dict[str, str] = field(default_factory=dict)
+
+
+def case_name(endpoint: str, connections: int) -> str:
+    """The label of `endpoint` driven by `connections` concurrent connections."""
+    return f"{endpoint} @{connections}"
 
 
 async def count_round_trips(
@@ -231,13 +240,17 @@ async def count_round_trips(
 ORDERS = list(itertools.permutations(range(3)))
 
 
-async def measure(ds: Dataset, rounds: int, seconds: float, connections: int) -> HttpResult:
-    """For each framework: count round trips, start the servers, run the rounds, stop them."""
+async def measure(
+    ds: Dataset, rounds: int, seconds: float, connections: Sequence[int]
+) -> HttpResult:
+    """For each framework: count round trips, start the servers, run the rounds (every endpoint
+    at every concurrency), stop them."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found (Debian: apt-get install wrk)")
     rps: dict[tuple[str, str], list[float]] = {}
     ratios: dict[tuple[str, str, str], list[float]] = {}
     trips: dict[tuple[str, str], str] = {}
+    cases: dict[str, str] = {}
     for names in GROUPS.values():
         ours, *baselines = names
         workdir = tempfile.mkdtemp(prefix="dualcore-bench-")
@@ -245,19 +258,20 @@ async def measure(ds: Dataset, rounds: int, seconds: float, connections: int) ->
             trips.update(await count_round_trips(ds, names, workdir))
             servers = start_servers(ds, list(names), workdir)
             try:
-                scripts = await prepare(servers, ds, workdir, connections)
+                scripts = await prepare(servers, ds, workdir, max(connections))
                 for r in range(rounds):
-                    for label, script in scripts.items():
+                    for (label, script), conns in itertools.product(scripts.items(), connections):
+                        case = case_name(label, conns)
+                        cases[case] = label
                         order = [names[i] for i in ORDERS[r % len(ORDERS)]]
                         got = {
-                            name: wrk(servers[name].base, script, seconds, connections)
-                            for name in order
+                            name: wrk(servers[name].base, script, seconds, conns) for name in order
                         }
                         for name, value in got.items():
-                            rps.setdefault((name, label), []).append(value)
+                            rps.setdefault((name, case), []).append(value)
                         for base in baselines:
                             ratio = got[ours] / got[base]
-                            ratios.setdefault((ours, base, label), []).append(ratio)
+                            ratios.setdefault((ours, base, case), []).append(ratio)
             finally:
                 stop_servers(servers)
         finally:
@@ -267,10 +281,11 @@ async def measure(ds: Dataset, rounds: int, seconds: float, connections: int) ->
         {k: statistics.median(v) for k, v in ratios.items()},
         trips,
         ratios,
+        cases,
     )
 
 
-async def _main(rounds: int, seconds: float, connections: int) -> None:
+async def _main(rounds: int, seconds: float, connections: list[int]) -> None:
     ds = Dataset()
     await ds.create()
     try:
@@ -278,18 +293,18 @@ async def _main(rounds: int, seconds: float, connections: int) -> None:
     finally:
         await ds.drop()
     print(f"rounds={rounds} seconds/run={seconds} connections={connections}")
-    for (name, label), value in result.rps.items():
-        trips = result.trips[(name, label)]
-        print(f"{label:24} {name:18} {value:8.0f} req/s  db round trips {trips}")
-    for (ours, base, label), ratio in result.ratios.items():
-        print(f"{label:24} {ours:18} vs {base:18} {ratio:.3f}x")
+    for (name, case), value in result.rps.items():
+        trips = result.trips[(name, result.cases[case])]
+        print(f"{case:28} {name:18} {value:8.0f} req/s  db round trips {trips}")
+    for (ours, base, case), ratio in result.ratios.items():
+        print(f"{case:28} {ours:18} vs {base:18} {ratio:.3f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args()
     asyncio.run(_main(args.rounds, args.seconds, args.connections))
 

@@ -119,16 +119,17 @@ class Plan:
     cache_ops: int
     http_rounds: int
     http_seconds: float
-    http_connections: int
+    http_connections: tuple[int, ...]
     memory_requests: int
     middleware_rounds: int
     middleware_seconds: float
     middleware_cpu_rounds: int
     middleware_cpu_requests: int
+    middleware_connections: int = 16
 
 
-FULL = Plan(21, 300, 21, 300, 6, 5, 16, 100_000, 18, 2, 41, 200)
-QUICK = Plan(5, 150, 5, 150, 2, 2, 16, 20_000, 6, 1, 9, 200)
+FULL = Plan(21, 300, 21, 300, 6, 5, (32, 128), 100_000, 18, 2, 41, 200)
+QUICK = Plan(5, 150, 5, 150, 2, 2, (32, 128), 20_000, 6, 1, 9, 200)
 
 
 def _say(text: str) -> None:
@@ -153,6 +154,12 @@ async def session_part(ds: Dataset, plan: Plan) -> list[Row]:
     return [
         row(bench_session.RO_TARGET, "1 read-only session vs asyncpg (PK read)", 1.5),
         row(bench_session.RW_TARGET, "1 read-write session vs same code by hand", 1.05),
+        row(bench_session.CONN_TARGET, "1 read connection vs asyncpg (PK read)", 1.6),
+        row(
+            Pair("dualcore read connection", "dualcore read-only"),
+            "  read connection vs read-only session",
+            None,
+        ),
         row(bench_session.SWITCH, "  read-only session vs seed style (gain by switching)", None),
         row(
             bench_session.OWN_COST,
@@ -174,7 +181,7 @@ async def cache_part(plan: Plan) -> list[Row]:
         Row(
             f"2 get_or_set hit vs redis.get + decode ({kind})",
             ratios[pair],
-            1.2,
+            1.10,
             detail=f"{times[pair.variant]:.0f} vs {times[pair.baseline]:.0f} µs; "
             "RedisManager(settings).cache, metrics hook on",
             samples=tuple(samples[pair]),
@@ -201,20 +208,20 @@ async def http_part(ds: Dataset, plan: Plan) -> list[Row]:
     )
     rows = []
     for ours, seed, equal in bench_http.GROUPS.values():
-        for label in bench_http.ENDPOINTS:
-            for base, kind, limit in ((seed, "seed style", 1.0), (equal, "equal work", None)):
-                rt_ours = result.trips[(ours, label)].split()[0]
-                rt_base = result.trips[(base, label)].split()[0]
+        for case, endpoint in result.cases.items():
+            for base, kind, limit in ((seed, "seed style", 1.10), (equal, "equal work", None)):
+                rt_ours = result.trips[(ours, endpoint)].split()[0]
+                rt_base = result.trips[(base, endpoint)].split()[0]
                 rows.append(
                     Row(
-                        f"{'3' if limit else ' '} {label} {ours} vs {base} ({kind})",
-                        result.ratios[(ours, base, label)],
+                        f"{'3' if limit else ' '} {case} {ours} vs {base} ({kind})",
+                        result.ratios[(ours, base, case)],
                         limit,
                         higher_is_better=True,
-                        detail=f"{result.rps[(ours, label)]:.0f} vs "
-                        f"{result.rps[(base, label)]:.0f} req/s; "
+                        detail=f"{result.rps[(ours, case)]:.0f} vs "
+                        f"{result.rps[(base, case)]:.0f} req/s; "
                         f"db round trips/request {rt_ours} vs {rt_base}",
-                        samples=tuple(result.samples.get((ours, base, label), ())),
+                        samples=tuple(result.samples.get((ours, base, case), ())),
                     )
                 )
     return rows
@@ -241,7 +248,7 @@ async def memory_part(plan: Plan) -> list[Row]:
 
 async def middleware_part(ds: Dataset, plan: Plan) -> list[Row]:
     served = await bench_example_middleware.measure_served(
-        ds, plan.middleware_rounds, plan.middleware_seconds, plan.http_connections
+        ds, plan.middleware_rounds, plan.middleware_seconds, plan.middleware_connections
     )
     cpu = await bench_example_middleware.measure_cpu(
         ds, plan.middleware_cpu_rounds, plan.middleware_cpu_requests

@@ -220,11 +220,17 @@ async def http_part(ds: Dataset, plan: Plan) -> list[Row]:
                         higher_is_better=True,
                         detail=f"{result.rps[(ours, case)]:.0f} vs "
                         f"{result.rps[(base, case)]:.0f} req/s; "
-                        f"db round trips/request {rt_ours} vs {rt_base}",
+                        f"db round trips/request {rt_ours} vs {rt_base}"
+                        + _failures(result.failed.get((base, case), 0)),
                         samples=tuple(result.samples.get((ours, base, case), ())),
                     )
                 )
     return rows
+
+
+def _failures(count: int) -> str:
+    """The baseline's failed requests, when it had any (its rate counts only the others)."""
+    return f"; baseline failed {count} requests (not counted)" if count else ""
 
 
 async def memory_part(plan: Plan) -> list[Row]:

@@ -1,13 +1,14 @@
-"""What the `hiredis` extra buys: the cache hit path on redis-py's C parser against its Python one.
+"""What hiredis would buy: the cache hit path on redis-py's C reply parser against its Python one.
 
-    pip install "dualcore[hiredis]"   # or: pip install hiredis
+    pip install hiredis
     python benchmarks/bench_hiredis.py [--rounds N] [--ops N]
 
 redis-py uses hiredis whenever it is installed. Here both parsers run in the same process: two
 managers built from the same settings, one whose connections are forced onto the pure-Python
 RESP3 parser, each filled through `get_or_set` and then read back (a hit) in blocks side by
-side, as `bench_cache.py` does. A plain `GET` of a larger value (a list of 200 small dicts) shows
-where the parser matters more.
+side, as `bench_cache.py` does, for a small value and a larger one (a list of 200 small dicts).
+A hit's reply is one bulk string, so the parser has little to do: dualcore ships no `hiredis`
+extra, and a service that wants it installs it (redis-py picks it up by itself).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ async def measure(rounds: int, ops: int) -> tuple[dict[str, float], dict[Pair, f
             assert parser_class.__name__ == expected, (parser, parser_class)
             for name, value in (("small", SMALL), ("200 rows", LARGE)):
                 op_name = f"get_or_set hit, {name} ({parser})"
-                ops_by_name[op_name] = (
-                    lambda cache=m.cache, key=name: cache.get_or_set(key, _never, 3600)
+                ops_by_name[op_name] = lambda cache=m.cache, key=name: cache.get_or_set(
+                    key, _never, 3600
                 )
                 assert await ops_by_name[op_name]() == value
         return await paired_rounds(ops_by_name, PAIRS, rounds, ops)
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=300)
     args = parser.parse_args()
     if not HIREDIS_AVAILABLE:
-        raise SystemExit('hiredis is not installed: pip install "dualcore[hiredis]"')
+        raise SystemExit("hiredis is not installed: pip install hiredis")
     asyncio.run(_main(args.rounds, args.ops))
 
 

@@ -184,10 +184,13 @@ def wrk_run(url: str, script: str, seconds: float, connections: int) -> tuple[fl
 
     A failed request is a non-2xx answer or a socket error. The hand-written baselines may fail
     some under heavy concurrency (redis-py's default pool refuses a 101st connection), so for
-    them the failures are counted and only the successful requests enter the rate.
+    them the failures are counted and only the successful requests enter the rate. wrk waits up
+    to 10 s for an answer (its default, 2 s, is shorter than the pool's own wait, 5 s: a request
+    queued for a connection under 128 connections is slow, not failed).
     """
+    duration = f"-d{max(1, round(seconds))}s"
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script, url],
+        ["wrk", "-t1", f"-c{connections}", duration, "--timeout", "10s", "-s", script, url],
         capture_output=True,
         text=True,
         timeout=seconds + 30,

@@ -479,8 +479,26 @@ async def test_an_interrupted_transaction_hands_its_connection_back_clean(
     assert await _count(probe, pg_schema) == 0
 
 
+async def _select_one_in_a_session(db: DatabaseManager) -> None:
+    async with db.get_session() as session:
+        await session.execute(text("SELECT 1"))
+
+
+async def _select_one_on_a_read_connection(db: DatabaseManager) -> None:
+    async with db.read_connection() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+@pytest.mark.parametrize(
+    ("use", "engine"),
+    [(_select_one_in_a_session, "engine"), (_select_one_on_a_read_connection, "read_engine")],
+    ids=["session", "read connection"],
+)
 async def test_refused_connections_open_the_breaker_and_then_fail_fast(
-    app_name: str, closed_port: int
+    app_name: str,
+    closed_port: int,
+    use: Callable[[DatabaseManager], Awaitable[None]],
+    engine: str,
 ) -> None:
     threshold = 3
     settings = Settings(
@@ -491,20 +509,24 @@ async def test_refused_connections_open_the_breaker_and_then_fail_fast(
     )
     async with DatabaseManager(settings) as db:
         attempts: list[object] = []
-        event.listen(db.engine.sync_engine, "do_connect", lambda *args: attempts.append(args))
+        sync_engine = getattr(db, engine).sync_engine
+        event.listen(sync_engine, "do_connect", lambda *args: attempts.append(args))
         with anyio.fail_after(10):
             for n in range(1, threshold + 1):
                 with pytest.raises(ConnectionRefusedError):
-                    async with db.get_session() as session:
-                        await session.execute(text("SELECT 1"))
+                    await use(db)
                 assert len(attempts) == n
                 expected = BreakerState.OPEN if n == threshold else BreakerState.CLOSED
                 assert db.breaker.state is expected
                 assert db.breaker.snapshot().consecutive_failures == n
+            # One breaker guards the primary, sessions and read connections alike.
             entered = False
             with pytest.raises(CircuitOpenError) as info:
                 async with db.get_session():
                     entered = True
-        assert not entered  # refused before a session was handed out
+            with pytest.raises(CircuitOpenError):
+                async with db.read_connection():
+                    entered = True
+        assert not entered  # refused before a session or connection was handed out
         assert len(attempts) == threshold  # and without another connection attempt
         assert info.value.retry_after > 50

@@ -1,6 +1,7 @@
 """`DatabaseManager.read_connection()`: the Core read fast path on a real PostgreSQL. Reads on the
 read-only autocommit pool (or a replica), writes refused by the server, the connection back in its
-pool however the block ends, and the breaker in front of the primary."""
+pool however the block ends. The breaker in front of the primary is tested with the sessions'
+(`test_database.py::test_refused_connections_open_the_breaker_and_then_fail_fast`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.config import Settings
 from core.database import DatabaseManager
-from core.resilience import BreakerState, CircuitOpenError
+from core.resilience import BreakerState
 
 pytestmark = pytest.mark.anyio
 
@@ -157,35 +158,6 @@ async def test_cancelled_between_statements_the_connection_is_reused(
     assert _checked_out(db) == (0, 0)
     with anyio.fail_after(5):
         assert await _pid(db) == pid
-
-
-async def test_refused_connections_open_the_breaker_and_then_fail_fast(
-    app_name: str, closed_port: int
-) -> None:
-    threshold = 3
-    settings = Settings(
-        _env_file=None,
-        app={"name": app_name},
-        database={"url": f"postgresql://u@127.0.0.1:{closed_port}/d", "connect_timeout": 2},
-        resilience={"breaker_failure_threshold": threshold, "breaker_reset_timeout": 60},
-    )
-    async with DatabaseManager(settings) as db:
-        attempts: list[object] = []
-        event.listen(db.read_engine.sync_engine, "do_connect", lambda *a: attempts.append(a))
-        with anyio.fail_after(10):
-            for n in range(1, threshold + 1):
-                with pytest.raises(ConnectionRefusedError):
-                    async with db.read_connection():
-                        pass
-                assert len(attempts) == n
-                assert db.breaker.snapshot().consecutive_failures == n
-            assert db.breaker.state is BreakerState.OPEN
-            entered = False
-            with pytest.raises(CircuitOpenError):
-                async with db.read_connection():
-                    entered = True
-        assert not entered
-        assert len(attempts) == threshold
 
 
 async def test_an_app_error_does_not_count_against_the_breaker(db: DatabaseManager) -> None:

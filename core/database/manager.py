@@ -377,8 +377,9 @@ class DatabaseManager:
         The fast path under `get_session(read_only=True)`: no ORM session, identity map or
         flush. It comes from the same autocommit pool opened with
         `default_transaction_read_only=on` (each statement runs on its own: one round trip, and
-        PostgreSQL refuses writes), or from the next replica that accepts a connection. Cleanup
-        completes even if the task is cancelled.
+        PostgreSQL refuses writes; behind PgBouncer, which drops that parameter, nothing does),
+        or from the next replica that accepts a connection. Cleanup completes even if the task
+        is cancelled.
         """
         if self._read_engine is None:
             self._build()

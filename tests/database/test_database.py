@@ -8,49 +8,18 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import MetaData, String, event, func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.config import Settings
 from core.database import DatabaseManager, ReadOnlySessionError
 from core.resilience import BreakerState, CircuitOpenError
+from tests.support.databases import Boom, cancel_mid_query, item_model, manager_settings
 
 pytestmark = pytest.mark.anyio
 
 CANARY = "s3cr3t-CANARY"
-
-
-class Boom(Exception):
-    """Raised by test code inside a session."""
-
-
-def _model(schema: str) -> Any:
-    """A mapped class whose table lives in `schema` (one registry per test)."""
-
-    class Base(DeclarativeBase):
-        metadata = MetaData(schema=schema)
-
-    class Item(Base):
-        __tablename__ = "items"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(String(50))
-
-    return Item
-
-
-def _settings(
-    database_url: str, app_name: str, environment: str = "development", **db: Any
-) -> Settings:
-    database = {"url": database_url, "pool_size": 2, "max_overflow": 0, "pool_timeout": 2.0}
-    return Settings(
-        _env_file=None,
-        app={"name": app_name, "environment": environment},
-        database={**database, **db},
-        # Production refuses the local default; these tests never reach Redis.
-        redis={"url": "redis://127.0.0.1:6379/0"},
-    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -66,13 +35,13 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 @pytest.fixture
 async def db(database_url: str, app_name: str) -> AsyncIterator[DatabaseManager]:
-    async with DatabaseManager(_settings(database_url, app_name)) as manager:
+    async with DatabaseManager(manager_settings(database_url, app_name)) as manager:
         yield manager
 
 
 @pytest.fixture
 async def item(db: DatabaseManager, pg_schema: str) -> Any:
-    model = _model(pg_schema)
+    model = item_model(pg_schema)
     await db.create_all(model.metadata)
     return model
 
@@ -183,20 +152,13 @@ async def test_sessions_run_with_the_configured_application_name(
 async def test_cancelled_mid_query_releases_the_connection(
     db: DatabaseManager, probe: AsyncEngine, app_name: str, read_only: bool
 ) -> None:
-    started = anyio.Event()
 
-    async def slow() -> None:
+    async def slow(started: anyio.Event) -> None:
         async with db.get_session(read_only=read_only) as session:
             started.set()
             await session.execute(text("SELECT pg_sleep(5)"))
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow)
-            await started.wait()
-            await anyio.sleep(0.2)
-            tg.cancel_scope.cancel()
-
+    await cancel_mid_query(slow)
     assert _checked_out(db) == (0, 0)
     # The server must not keep a backend of ours parked inside a transaction.
     await _until(lambda: _none_idle_in_transaction(probe, app_name))
@@ -314,7 +276,7 @@ async def test_read_only_session_raw_insert_refused_by_postgres(
 async def test_statement_timeout_enforced(
     database_url: str, app_name: str, read_only: bool
 ) -> None:
-    settings = _settings(database_url, app_name, statement_timeout=0.2)
+    settings = manager_settings(database_url, app_name, statement_timeout=0.2)
     async with DatabaseManager(settings) as db:
         start = time.perf_counter()
         with pytest.raises(DBAPIError) as info:
@@ -336,7 +298,7 @@ async def test_ping_returns_round_trip_seconds(db: DatabaseManager) -> None:
 
 
 async def test_close_then_start_again(database_url: str, app_name: str, probe: AsyncEngine) -> None:
-    db = DatabaseManager(_settings(database_url, app_name))
+    db = DatabaseManager(manager_settings(database_url, app_name))
     await db.start()
     await db.ping()
     async with db.get_session() as session:
@@ -364,9 +326,9 @@ async def test_server_version(db: DatabaseManager) -> None:
 async def test_create_all_refuses_outside_development(
     database_url: str, app_name: str, pg_schema: str, probe: AsyncEngine, environment: str
 ) -> None:
-    async with DatabaseManager(_settings(database_url, app_name, environment)) as db:
+    async with DatabaseManager(manager_settings(database_url, app_name, environment)) as db:
         with pytest.raises(RuntimeError, match="development"):
-            await db.create_all(_model(pg_schema).metadata)
+            await db.create_all(item_model(pg_schema).metadata)
     async with probe.connect() as conn:
         tables = await conn.execute(
             text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"),
@@ -378,7 +340,7 @@ async def test_create_all_refuses_outside_development(
 async def test_create_all_in_development(
     db: DatabaseManager, pg_schema: str, probe: AsyncEngine
 ) -> None:
-    model = _model(pg_schema)
+    model = item_model(pg_schema)
     await db.create_all(model.metadata)
     await db.create_all(model.metadata)  # idempotent
     async with probe.connect() as conn:
@@ -391,7 +353,7 @@ async def test_create_all_in_development(
 
 async def test_repr_and_urls_hide_the_password(app_name: str) -> None:
     url = f"postgresql://u:{CANARY}@127.0.0.1:5432/d"
-    db = DatabaseManager(_settings(url, app_name))
+    db = DatabaseManager(manager_settings(url, app_name))
     try:
         for shown in (repr(db), db.url, db.safe_url, repr(db.engine), repr(db.engine.url)):
             assert CANARY not in shown
@@ -406,7 +368,7 @@ async def test_use_after_close_is_refused_until_restarted(
     from core.errors import ResourceClosedError
     from core.http import error_response_for
 
-    manager = DatabaseManager(_settings(database_url, app_name))
+    manager = DatabaseManager(manager_settings(database_url, app_name))
     await manager.start()
     await manager.ping()
     await manager.close()
@@ -430,7 +392,7 @@ async def test_use_after_close_is_refused_until_restarted(
 @pytest.fixture
 async def single(database_url: str, app_name: str) -> AsyncIterator[DatabaseManager]:
     """A manager whose read-write pool holds exactly one connection."""
-    async with DatabaseManager(_settings(database_url, app_name, pool_size=1)) as manager:
+    async with DatabaseManager(manager_settings(database_url, app_name, pool_size=1)) as manager:
         yield manager
 
 

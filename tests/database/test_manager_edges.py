@@ -12,46 +12,18 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import MetaData, String, text
+from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import core.database.manager as manager_module
-from core.config import Settings, get_settings
+from core.config import get_settings
 from core.database import DatabaseManager, ReadOnlySessionError
+from tests.support.databases import Boom, item_model, manager_settings
 from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
 READ_ONLY_MESSAGE = "this session is read-only; use get_session() for writes"
-
-
-class Boom(Exception):
-    """Raised by test code inside a session."""
-
-
-def _model(schema: str) -> Any:
-    class Base(DeclarativeBase):
-        metadata = MetaData(schema=schema)
-
-    class Item(Base):
-        __tablename__ = "items"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(String(50))
-
-    return Item
-
-
-def _settings(
-    database_url: str, app_name: str, environment: str = "development", **db: Any
-) -> Settings:
-    database = {"url": database_url, "pool_size": 2, "max_overflow": 0, "pool_timeout": 2.0}
-    return Settings(
-        _env_file=None,
-        app={"name": app_name, "environment": environment},
-        database={**database, **db},
-        redis={"url": "redis://127.0.0.1:6379/0"},
-    )
 
 
 def _on_port(url: str, port: int) -> str:
@@ -60,13 +32,13 @@ def _on_port(url: str, port: int) -> str:
 
 @pytest.fixture
 async def db(database_url: str, app_name: str) -> AsyncIterator[DatabaseManager]:
-    async with DatabaseManager(_settings(database_url, app_name)) as manager:
+    async with DatabaseManager(manager_settings(database_url, app_name)) as manager:
         yield manager
 
 
 @pytest.fixture
 async def item(db: DatabaseManager, pg_schema: str) -> Any:
-    model = _model(pg_schema)
+    model = item_model(pg_schema)
     await db.create_all(model.metadata)
     async with db.get_session() as session:
         session.add(model(id=1, name="one"))
@@ -148,7 +120,7 @@ async def test_rollback_that_hangs_is_bounded_and_the_connection_thrown_away(
     # after the cleanup bound the connection is invalidated instead of returned to the pool.
     cleanup = 0.3
     monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", cleanup)
-    settings = _settings(pg_proxy.url_for(database_url), app_name)
+    settings = manager_settings(pg_proxy.url_for(database_url), app_name)
     async with DatabaseManager(settings) as db:
         caplog.set_level(logging.WARNING, logger="dualcore.database")
 
@@ -183,7 +155,7 @@ async def test_failure_to_invalidate_is_logged_and_the_handler_error_kept(
     # Cleanup runs while the handler's own error propagates: a second failure while throwing
     # the connection away must be logged with its traceback, never replace that error.
     monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", 0.3)
-    settings = _settings(pg_proxy.url_for(database_url), app_name)
+    settings = manager_settings(pg_proxy.url_for(database_url), app_name)
     async with DatabaseManager(settings) as db:
         caplog.set_level(logging.WARNING, logger="dualcore.database")
 
@@ -220,7 +192,7 @@ async def test_replica_checks_probe_each_replica_by_position(
 ) -> None:
     # The health report names probes by position: the probe named for replica 0 must reach
     # replica 0 (down here) and the one for replica 1 replica 1 (up).
-    settings = _settings(
+    settings = manager_settings(
         database_url,
         app_name,
         replica_urls=[_on_port(database_url, closed_port), database_url],
@@ -241,7 +213,7 @@ async def test_replica_checks_probe_each_replica_by_position(
 
 
 async def test_replica_checks_registered_before_start(database_url: str, app_name: str) -> None:
-    db = DatabaseManager(_settings(database_url, app_name, replica_urls=[database_url]))
+    db = DatabaseManager(manager_settings(database_url, app_name, replica_urls=[database_url]))
     try:
         [(name, check)] = db.replica_checks()
         assert name == "postgresql-replica-0"
@@ -276,7 +248,7 @@ async def test_replica_probe_reports_when_the_replicas_are_gone(
 
 
 async def test_replica_session_returns_its_connection(database_url: str, app_name: str) -> None:
-    settings = _settings(database_url, app_name, replica_urls=[database_url])
+    settings = manager_settings(database_url, app_name, replica_urls=[database_url])
     async with DatabaseManager(settings) as db:
         assert db.replicas is not None
         [replica] = list(db.replicas)
@@ -291,7 +263,7 @@ async def test_replica_session_returns_its_connection(database_url: str, app_nam
 
 
 async def test_create_all_refusal_names_the_alternative(database_url: str, app_name: str) -> None:
-    async with DatabaseManager(_settings(database_url, app_name, "production")) as db:
+    async with DatabaseManager(manager_settings(database_url, app_name, "production")) as db:
         with pytest.raises(RuntimeError) as info:
             await db.create_all(MetaData())
     assert str(info.value) == (
@@ -306,7 +278,7 @@ async def test_create_all_defaults_to_the_models_base(
     from core.models import Base
 
     # The search path keeps whatever the shared Base holds inside this test's own schema.
-    settings = _settings(database_url, app_name, search_path=pg_schema)
+    settings = manager_settings(database_url, app_name, search_path=pg_schema)
     async with DatabaseManager(settings) as db:
         await db.create_all()
     async with probe.connect() as conn:
@@ -325,7 +297,7 @@ async def test_failure_to_close_a_replica_connection_is_logged_not_raised(
 ) -> None:
     # The read already succeeded; a failure while handing its connection back must not turn
     # the finished request into an error, but it must leave a trace.
-    settings = _settings(database_url, app_name, replica_urls=[database_url])
+    settings = manager_settings(database_url, app_name, replica_urls=[database_url])
     async with DatabaseManager(settings) as db:
         caplog.set_level(logging.WARNING, logger="dualcore.database")
         targets: list[AsyncConnection] = []

@@ -6,7 +6,6 @@ pool however the block ends. The breaker in front of the primary is tested with 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import pytest
@@ -14,30 +13,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.config import Settings
 from core.database import DatabaseManager
 from core.resilience import BreakerState
+from tests.support.databases import Boom, cancel_mid_query, manager_settings
 
 pytestmark = pytest.mark.anyio
 
 
-class Boom(Exception):
-    """Raised by test code inside the block."""
-
-
-def _settings(database_url: str, app_name: str, **db: Any) -> Settings:
-    database = {"url": database_url, "pool_size": 1, "max_overflow": 0, "pool_timeout": 2.0}
-    return Settings(
-        _env_file=None,
-        app={"name": app_name, "environment": "development"},
-        database={**database, **db},
-        redis={"url": "redis://127.0.0.1:6379/0"},
-    )
-
-
 @pytest.fixture
 async def db(database_url: str, app_name: str, pg_schema: str) -> AsyncIterator[DatabaseManager]:
-    async with DatabaseManager(_settings(database_url, app_name, search_path=pg_schema)) as m:
+    async with DatabaseManager(
+        manager_settings(database_url, app_name, search_path=pg_schema, pool_size=1)
+    ) as m:
         async with m.get_session() as session:
             await session.execute(text("CREATE TABLE items (id int PRIMARY KEY, name text)"))
             await session.execute(text("INSERT INTO items VALUES (7, 'seven')"))
@@ -104,19 +91,13 @@ async def test_an_error_in_the_block_propagates_and_the_connection_is_reused(
 async def test_cancelled_mid_query_gives_the_connection_back(
     db: DatabaseManager, probe: AsyncEngine, app_name: str
 ) -> None:
-    started = anyio.Event()
 
-    async def slow() -> None:
+    async def slow(started: anyio.Event) -> None:
         async with db.read_connection() as conn:
             started.set()
             await conn.execute(text("SELECT pg_sleep(5)"))
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow)
-            await started.wait()
-            await anyio.sleep(0.2)
-            tg.cancel_scope.cancel()
+    await cancel_mid_query(slow)
     assert _checked_out(db) == (0, 0)
     with anyio.fail_after(5):
         # The pool still serves, and the server is not left running the cancelled query.
@@ -172,7 +153,7 @@ async def test_an_app_error_does_not_count_against_the_breaker(db: DatabaseManag
 async def test_reads_go_to_a_replica_when_one_is_configured(
     database_url: str, app_name: str
 ) -> None:
-    settings = _settings(database_url, app_name, replica_urls=[database_url])
+    settings = manager_settings(database_url, app_name, pool_size=1, replica_urls=[database_url])
     async with DatabaseManager(settings) as db:
         assert db.replicas is not None
         [replica] = list(db.replicas)

@@ -39,6 +39,7 @@ from core.observability import (
 from core.runtime import Core
 from core.testing import asgi_lifespan
 from tests.support.frameworks import FRAMEWORKS
+from tests.support.logs import attached
 from tests.support.observability_apps import APP_LOGGER, build_app, build_native_app
 
 ACCESS = ACCESS_LOGGER
@@ -69,17 +70,8 @@ class Captured(logging.Handler):
 @pytest.fixture
 def captured() -> Iterator[Captured]:
     handler = Captured()
-    loggers = [logging.getLogger(ACCESS), logging.getLogger(APP_LOGGER)]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    try:
+    with attached(handler, ACCESS, APP_LOGGER):
         yield handler
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
 
 
 def make_settings(

@@ -33,6 +33,7 @@ from core.observability import (
 from core.observability.formatting import FIELDS_ATTR
 from core.testing import asgi_lifespan
 from tests.support.frameworks import FRAMEWORKS
+from tests.support.logs import attached
 
 SLOW = "SELECT pg_sleep(0.02)"
 
@@ -64,17 +65,8 @@ class Records(logging.Handler):
 def stdlib_lines() -> Iterator[Records]:
     """What reaches the stdlib access and slow-query loggers (levels opened to INFO)."""
     handler = Records()
-    loggers = [logging.getLogger(ACCESS_LOGGER), logging.getLogger(SLOW_QUERY_LOGGER)]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    try:
+    with attached(handler, ACCESS_LOGGER, SLOW_QUERY_LOGGER):
         yield handler
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
 
 
 def make_settings(database_url: str, redis_url: str, key_prefix: str) -> Settings:

@@ -5,13 +5,15 @@ pool however the block ends. The breaker in front of the primary is tested with 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.database import DatabaseManager
 from core.resilience import BreakerState
@@ -163,3 +165,88 @@ async def test_reads_go_to_a_replica_when_one_is_configured(
                 assert replica.engine.pool.checkedout() == 1
                 assert _checked_out(db) == (0, 0)
             assert replica.engine.pool.checkedout() == 0
+
+
+# --- a connection that cannot be given back cleanly -------------------------------------------
+
+
+def _break(monkeypatch: pytest.MonkeyPatch, name: str, broken: Any) -> dict[str, Any]:
+    """Replace `AsyncConnection.<name>` for the connection put in the returned dict only."""
+    real = getattr(AsyncConnection, name)
+    target: dict[str, Any] = {}
+
+    async def method(self: AsyncConnection, *args: Any) -> Any:
+        if self is target.get("conn"):
+            return await broken(real, self, *args)
+        return await real(self, *args)
+
+    monkeypatch.setattr(AsyncConnection, name, method)
+    return target
+
+
+@pytest.mark.parametrize("close", ["hangs", "fails"])
+async def test_a_close_that_hangs_or_fails_is_bounded_and_the_connection_thrown_away(
+    db: DatabaseManager,
+    close: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import core.database.manager as manager_module
+
+    cleanup = 0.3
+    monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", cleanup)
+    caplog.set_level(logging.WARNING, logger="dualcore.database")
+    before = await _pid(db)
+
+    async def bad_close(real: Any, conn: AsyncConnection) -> None:
+        if close == "hangs":
+            await anyio.sleep(60)
+        raise OSError("close failed")
+
+    target = _break(monkeypatch, "close", bad_close)
+
+    async def handler_fails() -> None:
+        async with db.read_connection() as conn:
+            target["conn"] = conn
+            raise Boom("handler failed")
+
+    started = anyio.current_time()
+    with anyio.fail_after(cleanup + 10), pytest.raises(Boom):
+        await handler_fails()
+    if close == "hangs":
+        assert anyio.current_time() - started >= cleanup
+    expected = "TimeoutError" if close == "hangs" else "OSError"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, f"connection close failed ({expected}); invalidating it")
+    ]
+    # Thrown away, not returned: nothing checked out, and the next read gets a new backend.
+    assert _checked_out(db) == (0, 0)
+    assert await _pid(db) != before
+
+
+async def test_a_failure_to_throw_the_connection_away_is_logged_and_the_handler_error_kept(
+    db: DatabaseManager, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dualcore.database")
+
+    async def failing_close(real: Any, conn: AsyncConnection) -> None:
+        raise OSError("close failed")
+
+    async def invalidate_then_fail(real: Any, conn: AsyncConnection, *args: Any) -> None:
+        await real(conn, *args)
+        raise RuntimeError("invalidation failed")
+
+    closing = _break(monkeypatch, "close", failing_close)
+    invalidating = _break(monkeypatch, "invalidate", invalidate_then_fail)
+
+    async def handler_fails() -> None:
+        async with db.read_connection() as conn:
+            closing["conn"] = invalidating["conn"] = conn
+            raise Boom("handler failed")
+
+    with anyio.fail_after(10), pytest.raises(Boom):
+        await handler_fails()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["invalidating a connection failed"]
+    assert errors[0].exc_info is not None and isinstance(errors[0].exc_info[1], RuntimeError)
+    assert _checked_out(db) == (0, 0)

@@ -271,6 +271,26 @@ class CacheSettings(_Group):
     lock_ttl: float = Field(10.0, gt=0, le=3600, description="cross-process fill lock lifetime")
     lock_wait: float = Field(5.0, ge=0, le=3600, description="max wait for another filler")
     early_refresh: float = Field(1.0, ge=0, le=10, description="XFetch beta; 0 disables")
+    local_tier: bool = Field(
+        False,
+        description="also keep hits in process memory, invalidated by Redis (CLIENT TRACKING)",
+    )
+    local_max_entries: int = Field(
+        10_000, ge=1, le=10_000_000, description="most entries the local tier holds"
+    )
+    local_max_bytes: int = Field(
+        64 * 2**20, ge=4096, le=2**40, description="most bytes of keys and payloads it holds"
+    )
+    local_ttl: float = Field(
+        30.0, gt=0, le=86400, description="longest a hit is served from memory, seconds"
+    )
+    local_heartbeat: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="silence before the invalidation connection is probed; "
+        "a silent drop is caught within twice this",
+    )
 
 
 class ResilienceSettings(_Group):

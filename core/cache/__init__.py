@@ -15,6 +15,8 @@ from core.cache.decorator import CachedFunction, cached
 from core.cache.errors import CacheError, CacheUnavailable, UnencodableValue
 from core.cache.hooks import CacheBreaker, CacheEvent, CacheStats, MetricsHook
 from core.cache.keys import Key, KeySpace, encode_key
+from core.cache.local_tier import LocalTier
+from core.cache.tracking import InvalidationListener
 
 __all__ = [
     "Cache",
@@ -25,9 +27,11 @@ __all__ = [
     "CacheUnavailable",
     "CachedFunction",
     "Codec",
+    "InvalidationListener",
     "JsonCodec",
     "Key",
     "KeySpace",
+    "LocalTier",
     "MetricsHook",
     "MsgspecCodec",
     "UnencodableValue",

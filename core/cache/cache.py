@@ -32,7 +32,9 @@ from core.cache.envelope import normalise_version, pack, unpack
 from core.cache.errors import CacheUnavailable
 from core.cache.hooks import CacheBreaker, CacheEvent, CacheStats, MetricsHook
 from core.cache.keys import Key, KeySpace
+from core.cache.local_tier import LocalTier
 from core.cache.scripts import DELETE, ENSURE_VERSION, RELEASE, STORE_RELEASE
+from core.cache.tracking import InvalidationListener, tracking_pool
 from core.config import CacheSettings
 from core.resilience.errors import is_closed_transport_error
 
@@ -54,6 +56,8 @@ _POLL_FIRST = 0.005
 _POLL_MAX = 0.05
 
 _Lookup = tuple[int, Any, bytes | None]
+_NOT_HELD: Final = object()
+"""`_local_hit` result when the local tier cannot answer."""
 
 
 def _checked_ttl(ttl: float) -> float:
@@ -121,6 +125,11 @@ class Cache:
         self._store_release = client.register_script(STORE_RELEASE)
         self._ensure_version = client.register_script(ENSURE_VERSION)
         self._delete = client.register_script(DELETE)
+        self._local_default = self.settings.local_tier
+        if self._local_default:
+            tracking_pool(client)  # refuse an unsupported client at start-up, not on first use
+        self._tier: LocalTier | None = None
+        self._listener: InvalidationListener | None = None
 
     async def __aenter__(self) -> Cache:
         return self
@@ -129,12 +138,59 @@ class Cache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel fills still running and wait for them; the client stays open."""
+        """Cancel fills still running and wait for them, stop the local tier's listener; the
+        client stays open."""
         tasks = [flight.task for flight in self._flights.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.aclose()
+
+    @property
+    def local_tier(self) -> LocalTier | None:
+        """The in-process tier, once a call has used it (None before, or if never enabled)."""
+        return self._tier
+
+    @property
+    def invalidations(self) -> InvalidationListener | None:
+        """The listener keeping the local tier coherent (None until the tier is first used)."""
+        return self._listener
+
+    def _tier_for(self, local: bool | None) -> LocalTier | None:
+        """The local tier if this call uses it, started on first use."""
+        if not (self._local_default if local is None else local):
+            return None
+        tier = self._tier
+        if tier is None:
+            cfg = self.settings
+            tier = LocalTier(
+                max_entries=cfg.local_max_entries, max_bytes=cfg.local_max_bytes, ttl=cfg.local_ttl
+            )
+            self._listener = InvalidationListener(
+                self.client,
+                tier,
+                prefix=self.keys.base,
+                flush_prefix=self.keys.base + "$v:",
+                heartbeat=cfg.local_heartbeat,
+            )
+            self._tier = tier
+        if self._listener is not None:
+            self._listener.start()
+        return tier
+
+    def _forget_locally(self, vkey: str | None) -> None:
+        """Drop `vkey` (None: everything) from the local tier after a write of this process.
+
+        Redis announces the write too, but only after the caller has its answer: without this,
+        a read here right after its own write could still be served the old value.
+        """
+        if self._tier is not None:
+            if vkey is None:
+                self._tier.flush()
+            else:
+                self._tier.invalidate((vkey,))
 
     # --- public API ----------------------------------------------------------------------------
 
@@ -150,6 +206,7 @@ class Cache:
         *,
         type_: Any = None,
         group: str | None = None,
+        local: bool | None = None,
     ) -> T:
         """The cached value of `key`, or `await loader()` stored for `ttl` seconds.
 
@@ -157,19 +214,25 @@ class Cache:
         Concurrent misses share one loader call, and so one result object: treat it as read-only.
         A waiter's cancellation never cancels the load. Loader exceptions propagate to every
         waiter and nothing is cached. With Redis down, slow or behind an open breaker, the
-        loader's value is returned and not cached.
+        loader's value is returned and not cached. `local` uses the in-process tier for this
+        call (default: `CacheSettings.local_tier`); its hits are decoded afresh on every call.
         """
         ttl = self._default_ttl if ttl is None else _checked_ttl(ttl)
         if not self._enabled:
             return await self._run_loader(loader)
         body = self.keys.body(key, group)
         vkey = self.keys.base + body
+        tier = self._tier_for(local)
+        if tier is not None:
+            found = self._local_hit(tier, vkey, type_)
+            if found is not _NOT_HELD:
+                return found  # type: ignore[no-any-return]
         gkey = self.keys.version_key(group) if group is not None else None
         flight = self._flights.get(vkey)
         if flight is not None and not flight.early:
             # A fill is running here, so the entry is missing: no need to ask Redis.
             return await asyncio.shield(flight.task)
-        state, value, version = await self._lookup(vkey, gkey, type_)
+        state, value, version = await self._lookup(vkey, gkey, type_, keep=tier is not None)
         if state == _HIT:
             return value  # type: ignore[no-any-return]
         if state == _REFRESH:
@@ -185,14 +248,27 @@ class Cache:
         return await asyncio.shield(flight.task)
 
     async def get(
-        self, key: Key, default: Any = None, *, type_: Any = None, group: str | None = None
+        self,
+        key: Key,
+        default: Any = None,
+        *,
+        type_: Any = None,
+        group: str | None = None,
+        local: bool | None = None,
     ) -> Any:
-        """The cached value of `key`, or `default` if absent, stale, undecodable or unreachable."""
+        """The cached value of `key`, or `default` if absent, stale, undecodable or unreachable.
+
+        `local` as in `get_or_set`."""
         if not self._enabled:
             return default
-        body = self.keys.body(key, group)
+        vkey = self.keys.base + self.keys.body(key, group)
+        tier = self._tier_for(local)
+        if tier is not None:
+            found = self._local_hit(tier, vkey, type_)
+            if found is not _NOT_HELD:
+                return found
         gkey = self.keys.version_key(group) if group is not None else None
-        state, value, _ = await self._lookup(self.keys.base + body, gkey, type_, early=False)
+        state, value, _ = await self._lookup(vkey, gkey, type_, early=False, keep=tier is not None)
         return value if state == _HIT else default
 
     async def set(
@@ -223,7 +299,11 @@ class Cache:
         if flight is not None:
             flight.store = False
         lkey = self.keys.lock_key(body)
-        removed = await self._must(self._delete, keys=[vkey, lkey], what="delete")
+        self._forget_locally(vkey)
+        try:
+            removed = await self._must(self._delete, keys=[vkey, lkey], what="delete")
+        finally:
+            self._forget_locally(vkey)
         return bool(removed)
 
     async def invalidate_group(self, group: str) -> None:
@@ -233,7 +313,11 @@ class Cache:
         before this call write entries that already read as stale.
         """
         gkey = self.keys.version_key(group)
-        await self._must(self.client.set, gkey, secrets.token_hex(8), what="invalidate group")
+        self._forget_locally(None)
+        try:
+            await self._must(self.client.set, gkey, secrets.token_hex(8), what="invalidate group")
+        finally:
+            self._forget_locally(None)
 
     # --- lookups --------------------------------------------------------------------------------
 
@@ -272,11 +356,14 @@ class Cache:
         except CacheUnavailable as exc:
             raise CacheUnavailable(f"cache {what} failed: {exc}") from exc
 
-    async def _fetch(self, vkey: str, gkey: str | None) -> tuple[bytes | None, bytes | None]:
+    async def _fetch(
+        self, vkey: str, gkey: str | None, keep: bool = False
+    ) -> tuple[bytes | None, bytes | None]:
         """(raw entry, current group version), one Redis call shared by concurrent readers.
 
         A burst of reads of one key costs one round trip and one connection, not one each:
         without this a hot key's expiry can exhaust the pool and turn the burst into errors.
+        With `keep`, the reading caller offers a valid entry to the local tier.
         """
         readers = self._reads.get(vkey)
         if readers is not None:
@@ -286,8 +373,11 @@ class Cache:
             try:
                 return await waiter
             except _Retry:  # the reading caller was cancelled; read ourselves
-                return await self._fetch(vkey, gkey)
+                return await self._fetch(vkey, gkey, keep)
         self._reads[vkey] = readers = []
+        tier = self._tier if keep else None
+        # Taken before the request is sent: an invalidation arriving from now on withdraws it.
+        marker = tier.begin(vkey) if tier is not None else None
         try:
             if gkey is None:
                 raw = await self._call(self.client.execute_command, "GET", vkey, **_RAW)
@@ -299,23 +389,66 @@ class Cache:
                 result = raw, normalise_version(current)
         except BaseException as exc:
             del self._reads[vkey]
+            if tier is not None:
+                tier.abandon(vkey, marker)
             shared = exc if isinstance(exc, (CacheUnavailable, ResponseError)) else _Retry()
             for waiter in readers:
                 if not waiter.done():
                     waiter.set_exception(shared)
             raise
         del self._reads[vkey]
+        if tier is not None:
+            self._offer(tier, vkey, marker, result)
         for waiter in readers:
             if not waiter.done():
                 waiter.set_result(result)
         return result
 
+    def _offer(
+        self,
+        tier: LocalTier,
+        vkey: str,
+        marker: Any,
+        result: tuple[bytes | None, bytes | None],
+    ) -> None:
+        """Keep a valid, current entry just read in the local tier."""
+        raw, current = result
+        entry = unpack(raw, self._codec_id) if raw else None
+        if entry is None or entry[2] != current:
+            tier.abandon(vkey, marker)
+            return
+        expiry, _, _, payload = entry
+        tier.put(vkey, marker, payload, expiry - time.time())
+
+    def _local_hit(self, tier: LocalTier, vkey: str, type_: Any) -> Any:
+        """The decoded value held in the local tier, or `_NOT_HELD`."""
+        payload = tier.get(vkey)
+        if payload is None:
+            return _NOT_HELD
+        try:
+            value = self._decode(payload, type_)
+        except Exception:  # held for a caller of another type_: ask Redis
+            return _NOT_HELD
+        self.stats.hits += 1
+        self.stats.local_hits += 1
+        if self._metrics is not None:
+            self._emit("hits", 1.0)
+            self._emit("local_hits", 1.0)
+        return value
+
     async def _lookup(
-        self, vkey: str, gkey: str | None, type_: Any, *, count: bool = True, early: bool = True
+        self,
+        vkey: str,
+        gkey: str | None,
+        type_: Any,
+        *,
+        count: bool = True,
+        early: bool = True,
+        keep: bool = False,
     ) -> _Lookup:
         """(state, value, current group version); the version is b"" for ungrouped keys."""
         try:
-            raw, current = await self._fetch(vkey, gkey)
+            raw, current = await self._fetch(vkey, gkey, keep)
         except CacheUnavailable:
             return _DOWN, None, None
         except ResponseError:  # WRONGTYPE: a foreign value under our key; a fill overwrites it
@@ -555,6 +688,7 @@ class Cache:
         """Write an entry (through the lock script when holding `token`); False if unreachable."""
         data = pack(self._codec_id, time.time() + ttl, delta, version, self.codec.encode(value))
         px = max(1, int(ttl * 1000))
+        self._forget_locally(vkey)
         try:
             if token is None or lkey is None:
                 await self._call(self.client.set, vkey, data, px=px)
@@ -562,6 +696,8 @@ class Cache:
                 await self._call(self._store_release, keys=[vkey, lkey], args=[data, px, token])
         except (CacheUnavailable, ResponseError):
             return False
+        finally:
+            self._forget_locally(vkey)
         return True
 
     # --- helpers --------------------------------------------------------------------------------

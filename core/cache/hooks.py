@@ -10,6 +10,7 @@ __all__ = ["CacheBreaker", "CacheEvent", "CacheStats", "MetricsHook"]
 
 CacheEvent = Literal[
     "hits",
+    "local_hits",
     "misses",
     "stale",
     "decode_failures",
@@ -31,6 +32,8 @@ class CacheStats:
     """Plain counters of one `Cache`, updated in place."""
 
     hits: int = 0
+    local_hits: int = 0
+    """Hits served from the in-process tier (also counted in hits)."""
     misses: int = 0
     """Lookups that found no usable entry (absent, stale or undecodable) with Redis up."""
     stale: int = 0

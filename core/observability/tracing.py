@@ -42,6 +42,7 @@ REQUEST_ID_ATTRIBUTE = "dualcore.request_id"
 
 CACHE_SPAN_EVENTS: dict[str, str] = {
     "hits": "cache.hit",
+    "local_hits": "cache.local_hit",
     "misses": "cache.miss",
     "stale": "cache.stale",
     "decode_failures": "cache.decode_failure",

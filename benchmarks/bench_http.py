@@ -18,8 +18,11 @@ requests/s and the median per-round ratios dualcore/baseline. Against
 the seed style the ratio is what a user gains by switching; against the equal-work baseline it
 is what dualcore's own layer costs. Before the timed rounds the servers run once more behind a
 counting proxy (`pgwire.py`), which shows the database round trips per request of each.
-Target: every dualcore server at least 1.10x its seed-style anchor on `GET /users/{id}` and on
-the cached lookup `GET /users/{id}/cached`, at every concurrency.
+A fourth server per framework is the dualcore app again with its cache's local tier on
+(`CACHE__LOCAL_TIER=true`), compared with the seed style on both endpoints.
+Targets: every dualcore server at least 1.10x its seed-style anchor on `GET /users/{id}` and on
+the cached lookup `GET /users/{id}/cached`, at every concurrency; with the local tier, the
+cached lookup at least 2x.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ GROUPS = {
     "litestar": ("litestar-dualcore", "litestar-aa", "litestar-aa-ro"),
 }
 """Per framework: (dualcore, seed-style baseline, equal-work baseline)."""
+LOCAL = "@local"
+"""Tag of a fourth server per framework: the dualcore app with `CACHE__LOCAL_TIER=true`."""
+LOCAL_ENV = {"CACHE__LOCAL_TIER": "true"}
 ENDPOINTS = {"GET /users/{id}": "/users/{id}", "GET /users/{id}/cached": "/users/{id}/cached"}
 USERS = 100
 
@@ -242,7 +248,7 @@ async def count_round_trips(
     found: dict[tuple[str, str], str] = {}
     async with counting_proxy() as (port, counter):
         via = ds.via(port)
-        servers = start_servers(via, list(names), workdir)
+        servers = start_servers(via, list(names), workdir, _extra_env(names))
         try:
             await wait_ready(servers, via, workdir)
             async with httpx.AsyncClient(timeout=10) as client:
@@ -261,7 +267,18 @@ async def count_round_trips(
     return found
 
 
-ORDERS = list(itertools.permutations(range(3)))
+ORDERS = list(itertools.permutations(range(4)))
+
+
+def _extra_env(names: Sequence[str]) -> dict[str, dict[str, str]]:
+    return {name: LOCAL_ENV for name in names if name.endswith(LOCAL)}
+
+
+def servers_of(framework: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the servers of `framework`, the (ours, baseline) pairs compared)."""
+    ours, seed, equal = GROUPS[framework]
+    local = ours + LOCAL
+    return [ours, seed, equal, local], [(ours, seed), (ours, equal), (local, seed)]
 
 
 async def measure(
@@ -276,12 +293,13 @@ async def measure(
     trips: dict[tuple[str, str], str] = {}
     cases: dict[str, str] = {}
     failed: dict[tuple[str, str], int] = {}
-    for names in GROUPS.values():
-        ours, *baselines = names
+    for framework in GROUPS:
+        names, pairs = servers_of(framework)
+        ours = names[0]
         workdir = tempfile.mkdtemp(prefix="dualcore-bench-")
         try:
             trips.update(await count_round_trips(ds, names, workdir))
-            servers = start_servers(ds, list(names), workdir)
+            servers = start_servers(ds, names, workdir, _extra_env(names))
             try:
                 scripts = await prepare(servers, ds, workdir, max(connections))
                 for r in range(rounds):
@@ -293,15 +311,18 @@ async def measure(
                             name: wrk_run(servers[name].base, script, seconds, conns)
                             for name in order
                         }
-                        if runs[ours][1]:
-                            raise RuntimeError(f"{ours} failed {runs[ours][1]} requests ({case})")
+                        for mine in (ours, ours + LOCAL):
+                            if runs[mine][1]:
+                                raise RuntimeError(
+                                    f"{mine} failed {runs[mine][1]} requests ({case})"
+                                )
                         got = {name: run[0] for name, run in runs.items()}
                         for name, (value, failures) in runs.items():
                             rps.setdefault((name, case), []).append(value)
                             failed[(name, case)] = failed.get((name, case), 0) + failures
-                        for base in baselines:
-                            ratio = got[ours] / got[base]
-                            ratios.setdefault((ours, base, case), []).append(ratio)
+                        for mine, base in pairs:
+                            ratio = got[mine] / got[base]
+                            ratios.setdefault((mine, base, case), []).append(ratio)
             finally:
                 stop_servers(servers)
         finally:

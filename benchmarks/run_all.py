@@ -218,15 +218,19 @@ async def cache_part(plan: Plan) -> list[Row]:
             samples=tuple(samples[pair]),
         )
         for pair, ratio in ratios.items()
-        if pair not in bench_cache.TARGETS
+        if pair not in bench_cache.TARGETS and pair != bench_cache.LOCAL_TIER
     ]
-    rows += [
-        Row(target, math.nan, limit, higher_is_better=higher, detail="no in-process tier yet")
-        for target, limit, higher in (
-            ("3 in-process tier hit vs redis.get + decode", 0.2, False),
-            ("3 cached HTTP route with the tier vs the hand-written app", 2.0, True),
+    pair = bench_cache.LOCAL_TIER
+    rows.append(
+        Row(
+            "3 local tier hit vs redis.get + decode (json dict)",
+            ratios[pair],
+            0.2,
+            detail=f"{times[pair.variant]:.1f} vs {times[pair.baseline]:.0f} µs; "
+            "CACHE__LOCAL_TIER=true, subscription live",
+            samples=tuple(samples[pair]),
         )
-    ]
+    )
     return rows
 
 
@@ -236,24 +240,32 @@ async def http_part(ds: Dataset, plan: Plan) -> list[Row]:
     )
     rows = []
     for ours, seed, equal in bench_http.GROUPS.values():
+        local = ours + bench_http.LOCAL
         for case, endpoint in result.cases.items():
-            for base, kind, limit in ((seed, "seed style", 1.10), (equal, "equal work", None)):
-                rt_ours = result.trips[(ours, endpoint)].split()[0]
+            comparisons = [(ours, seed, "seed style", 1.10), (ours, equal, "equal work", None)]
+            if endpoint in CACHED:
+                comparisons.append((local, seed, "seed style, local tier", 2.0))
+            for mine, base, kind, limit in comparisons:
+                rt_ours = result.trips[(mine, endpoint)].split()[0]
                 rt_base = result.trips[(base, endpoint)].split()[0]
+                number = " " if limit is None else "3" if mine == local else "1"
                 rows.append(
                     Row(
-                        f"{'1' if limit else ' '} {case} {ours} vs {base} ({kind})",
-                        result.ratios[(ours, base, case)],
+                        f"{number} {case} {mine} vs {base} ({kind})",
+                        result.ratios[(mine, base, case)],
                         limit,
                         higher_is_better=True,
-                        detail=f"{result.rps[(ours, case)]:.0f} vs "
+                        detail=f"{result.rps[(mine, case)]:.0f} vs "
                         f"{result.rps[(base, case)]:.0f} req/s; "
                         f"db round trips/request {rt_ours} vs {rt_base}"
                         + _failures(result.failed.get((base, case), 0)),
-                        samples=tuple(result.samples.get((ours, base, case), ())),
+                        samples=tuple(result.samples.get((mine, base, case), ())),
                     )
                 )
     return rows
+
+
+CACHED = "GET /users/{id}/cached"
 
 
 def _failures(count: int) -> str:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from pydantic import BaseModel
 
 from core.runtime import Core
 from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdate
-from integrations.fastapi import Cache, DbSession, ReadDbSession, install
+from examples.users.reads import read_user, read_user_cached
+from integrations.fastapi import (
+    Cache,
+    DbSession,
+    ReadDbConnection,
+    ReadDbSession,
+    get_core,
+    install,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -46,16 +54,19 @@ def create_app(core: Core | None = None) -> FastAPI:
     ) -> UserPage:
         return await UserService(session, cache).list(limit=limit, offset=offset)
 
+    # The hot reads take the Core read fast path; the cached one takes a connection only on a miss.
     @app.get("/users/{user_id}", responses=NOT_FOUND)
-    async def get_user(user_id: uuid.UUID, session: ReadDbSession, cache: Cache) -> UserOut:
-        user = await UserService(session, cache).get(user_id)
+    async def get_user(user_id: uuid.UUID, conn: ReadDbConnection) -> UserOut:
+        user = await read_user(conn, user_id)
         if user is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
         return user
 
     @app.get("/users/{user_id}/cached", responses=NOT_FOUND)
-    async def get_user_cached(user_id: uuid.UUID, session: ReadDbSession, cache: Cache) -> UserOut:
-        user = await UserService(session, cache).get_cached_user(user_id)
+    async def get_user_cached(
+        user_id: uuid.UUID, cache: Cache, core: Annotated[Core, Depends(get_core)]
+    ) -> UserOut:
+        user = await read_user_cached(cache, core.db, user_id)
         if user is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
         return user

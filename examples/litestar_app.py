@@ -9,11 +9,12 @@ from litestar import Litestar, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.cache import Cache
 from core.runtime import Core
 from examples.users import UserCreate, UserOut, UserPage, UserService, UserUpdate
+from examples.users.reads import read_user, read_user_cached
 from integrations.litestar import CorePlugin
 
 
@@ -48,17 +49,22 @@ async def list_users(
     return await read_users.list(limit=limit, offset=offset)
 
 
+# The hot reads take the Core read fast path; the cached one takes a connection only on a miss.
 @get("/users/{user_id:uuid}", raises=[NotFoundException])
-async def get_user(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
-    user = await read_users.get(user_id)
+async def get_user(
+    user_id: FromPath[uuid.UUID], read_connection: NamedDependency[AsyncConnection]
+) -> UserOut:
+    user = await read_user(read_connection, user_id)
     if user is None:
         raise NotFoundException("user not found")
     return user
 
 
 @get("/users/{user_id:uuid}/cached", raises=[NotFoundException])
-async def get_user_cached(user_id: FromPath[uuid.UUID], read_users: Users) -> UserOut:
-    user = await read_users.get_cached_user(user_id)
+async def get_user_cached(
+    user_id: FromPath[uuid.UUID], cache: NamedDependency[Cache], core: NamedDependency[Core]
+) -> UserOut:
+    user = await read_user_cached(cache, core.db, user_id)
     if user is None:
         raise NotFoundException("user not found")
     return user

@@ -9,7 +9,6 @@ as `Litestar(lifespan=[lifespan])`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,7 +25,7 @@ from core.health import HealthRegistry
 from core.observability import Metrics, ObservabilityMiddleware, observe_engine
 from core.observability.asgi_types import ASGIApp
 from core.redis_client import RedisManager
-from core.resilience import CircuitBreaker, RetryPolicy, is_transient
+from core.resilience import CircuitBreaker, RetryPolicy
 from core.unit_of_work import UnitOfWorkMiddleware, warn_unwired
 from core.urls import redact_url
 
@@ -80,11 +79,6 @@ class DependencyUnavailable(RuntimeError):
         )
 
 
-def _worth_waiting_for(exc: BaseException) -> bool:
-    # A server that is still starting refuses or times out; a wrong password will not heal.
-    return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or is_transient(exc)
-
-
 async def wait_until_ready(
     name: str,
     resource: Resource,
@@ -115,7 +109,8 @@ async def wait_until_ready(
         max_time=timeout,
         base_delay=base_delay,
         max_delay=max_delay,
-        retry_on=_worth_waiting_for,
+        # The policy's default, `is_transient`: a server still starting refuses or times out
+        # (retried); a wrong password will not heal (not retried).
     )
     try:
         await policy.call(attempt, on_retry=on_retry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -469,3 +470,73 @@ async def test_shutdown_completes_when_the_host_task_is_cancelled(
             tg.cancel_scope.cancel()
     assert calls == ["close Redis", "close PostgreSQL"]
     await all_closed()
+
+
+class _Pinged:
+    """A resource whose pings fail with `errors` in turn, then answer."""
+
+    safe_url = "fake://pinged"
+
+    def __init__(self, *errors: BaseException, hang: bool = False) -> None:
+        self.errors = list(errors)
+        self.hang = hang
+        self.pings = 0
+
+    async def ping(self) -> float:
+        self.pings += 1
+        if self.hang:
+            await anyio.sleep(60)
+        if self.errors:
+            raise self.errors.pop(0)
+        return 0.001
+
+
+async def test_each_retry_is_logged_with_the_cause_and_a_pause_within_the_bounds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dualcore")
+    resource = _Pinged(*(ConnectionRefusedError("starting") for _ in range(10)))
+    await wait_until_ready("Redis", resource, timeout=10, base_delay=0.001, max_delay=0.004)
+    assert resource.pings == 11
+    lines = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
+    assert len(lines) == 10
+    for line in lines:
+        # Full jitter below the cap: uncapped, the tenth pause could reach 0.5 s.
+        match = re.fullmatch(
+            r"Redis not ready \(ConnectionRefusedError\); retrying in (\S+)s",
+            line,
+        )
+        assert match is not None, line
+        assert float(match.group(1)) <= 0.004
+
+
+async def test_the_pauses_start_from_the_base_delay(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dualcore")
+    resource = _Pinged(*(ConnectionRefusedError("starting") for _ in range(6)))
+    await wait_until_ready("Redis", resource, timeout=10, base_delay=0.001, max_delay=10)
+    pauses = [
+        float(r.getMessage().rsplit(" ", 1)[1].rstrip("s"))
+        for r in caplog.records
+        if "not ready" in r.getMessage()
+    ]
+    # Doubling from 1 ms: the sixth pause is at most 32 ms (from the default 50 ms, up to 1.6 s).
+    assert len(pauses) == 6
+    assert max(pauses) <= 0.03
+
+
+async def test_a_failure_that_will_not_heal_is_not_waited_for() -> None:
+    # A refused password: the first answer is final, however long the start-up timeout.
+    resource = _Pinged(PermissionError("password authentication failed"))
+    start = time.perf_counter()
+    with pytest.raises(DependencyUnavailable, match=r"\(1 attempt\)"):
+        await wait_until_ready("Service", resource, timeout=30, base_delay=0.01)
+    assert resource.pings == 1
+    assert time.perf_counter() - start < 5
+
+
+async def test_a_hung_ping_is_cut_off_at_the_overall_deadline() -> None:
+    resource = _Pinged(hang=True)
+    start = time.perf_counter()
+    with pytest.raises(DependencyUnavailable):
+        await wait_until_ready("Service", resource, timeout=0.2)
+    assert time.perf_counter() - start < 0.2 + 0.6

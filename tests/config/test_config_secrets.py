@@ -593,3 +593,28 @@ def test_dependency_unavailable_redacts_the_url_it_is_given() -> None:
     )
     assert leaks(MARK, [str(error), error.url]) == []
     assert "Service at redis://:***@h:6379/0" in str(error)
+
+
+def test_start_up_masks_every_secret_of_the_primary_and_each_replica() -> None:
+    from core.runtime import secrets_of
+
+    settings = Settings(
+        _env_file=None,
+        database={
+            "url": "postgresql://app:primary-pw@db/app?sslpassword=primary-ssl",
+            "replica_urls": [
+                "postgresql://app:first-pw@r1/app?sslpassword=first-ssl",
+                "postgresql://app:second-pw@r2/app?sslpassword=second-ssl",
+            ],
+        },
+        redis={"url": "redis://:redis-pw@cache:6379/0"},
+    )
+    assert set(secrets_of(settings)) == {
+        "primary-pw",
+        "primary-ssl",
+        "first-pw",
+        "first-ssl",
+        "second-pw",
+        "second-ssl",
+        "redis-pw",
+    }

@@ -338,3 +338,37 @@ async def test_session_factory_defaults_to_read_write_sessions(
         with pytest.raises(ReadOnlySessionError):
             await session.flush()
     assert await _names(probe, pg_schema) == ["one", "two"]
+
+
+# --- close ----------------------------------------------------------------------------------------
+
+
+async def test_close_waits_for_a_connection_still_in_use(database_url: str, app_name: str) -> None:
+    # Disposing a pool does not close a checked-out connection: close first lets requests in
+    # flight hand theirs back (up to half the shutdown timeout).
+    db = DatabaseManager(manager_settings(database_url, app_name))
+    await db.start()
+    release = anyio.Event()
+    in_use = anyio.Event()
+
+    async def request() -> None:
+        async with db.get_session(read_only=True) as session:
+            await session.execute(text("SELECT 1"))
+            in_use.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request)
+        await in_use.wait()
+        closed = anyio.Event()
+
+        async def close() -> None:
+            await db.close()
+            closed.set()
+
+        tg.start_soon(close)
+        await anyio.sleep(0.3)  # close polls every 10 ms: time enough to see it is waiting
+        assert not closed.is_set()
+        release.set()
+        with anyio.fail_after(5):
+            await closed.wait()

@@ -288,6 +288,21 @@ async def test_statement_timeout_enforced(
         assert _checked_out(db) == (0, 0)
 
 
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+async def test_the_server_gets_the_configured_statement_timeout_and_search_path(
+    database_url: str, app_name: str, pg_schema: str, read_only: bool
+) -> None:
+    settings = manager_settings(
+        database_url, app_name, statement_timeout=2.5, search_path=pg_schema
+    )
+    async with DatabaseManager(settings) as db, db.get_session(read_only=read_only) as session:
+        shown = (await session.execute(text("SHOW statement_timeout"))).scalar_one()
+        assert shown == "2500ms"
+        assert (await session.execute(text("SHOW search_path"))).scalar_one() == pg_schema
+        name = (await session.execute(text("SHOW application_name"))).scalar_one()
+        assert name == app_name
+
+
 # --- lifecycle ------------------------------------------------------------------------------------
 
 

@@ -372,3 +372,58 @@ async def test_close_waits_for_a_connection_still_in_use(database_url: str, app_
         release.set()
         with anyio.fail_after(5):
             await closed.wait()
+
+
+# --- how the engines and sessions are configured ----------------------------------------------
+
+
+def test_an_embedded_url_needs_start_first(app_name: str) -> None:
+    db = DatabaseManager(manager_settings("embedded", app_name))
+    with pytest.raises(RuntimeError) as info:
+        db.engine  # noqa: B018 - the property builds the engines
+    assert str(info.value) == "DATABASE_URL=embedded: call `await manager.start()` first"
+
+
+async def test_objects_stay_readable_after_commit_and_read_only_sessions_never_autoflush(
+    db: DatabaseManager, item: Any
+) -> None:
+    async with db.get_session() as session:
+        row = await session.get(item, 1)
+        assert row is not None
+        row.name = "renamed"
+        await session.commit()
+        # Not expired by the commit: no lazy load (which async code cannot do) to read it.
+        assert row.name == "renamed"
+    ro = db.session_factory(read_only=True)
+    assert ro.kw["autoflush"] is False
+    assert ro.kw["expire_on_commit"] is False
+
+
+@pytest.mark.parametrize("pgbouncer", [False, True], ids=["direct", "pgbouncer"])
+async def test_behind_pgbouncer_no_statement_is_prepared_and_no_startup_parameter_sent(
+    database_url: str, app_name: str, pg_schema: str, pgbouncer: bool
+) -> None:
+    settings = manager_settings(
+        database_url, app_name, pgbouncer=pgbouncer, statement_timeout=2.5, search_path=pg_schema
+    )
+    async with DatabaseManager(settings) as db:
+        for read_only in (False, True):
+            async with db.get_session(read_only=read_only) as session:
+                # Alternating statements on one connection: a cached statement reused after
+                # another was prepared would be the wrong one once both are unnamed.
+                for n in range(3):
+                    assert (
+                        await session.execute(text("SELECT 1 + :n"), {"n": n})
+                    ).scalar() == 1 + n
+                    assert (
+                        await session.execute(text("SELECT 2 * :n"), {"n": n})
+                    ).scalar() == 2 * n
+                prepared = (
+                    await session.execute(text("SELECT count(*) FROM pg_prepared_statements"))
+                ).scalar_one()
+                timeout = (await session.execute(text("SHOW statement_timeout"))).scalar_one()
+            if pgbouncer:
+                assert (prepared, timeout) == (0, "0")
+            else:
+                assert prepared > 0
+                assert timeout == "2500ms"

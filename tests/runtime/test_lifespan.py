@@ -539,4 +539,5 @@ async def test_a_hung_ping_is_cut_off_at_the_overall_deadline() -> None:
     start = time.perf_counter()
     with pytest.raises(DependencyUnavailable):
         await wait_until_ready("Service", resource, timeout=0.2)
-    assert time.perf_counter() - start < 0.2 + 0.6
+    # Cut at 0.2 s; a ping allowed to outlive the deadline would take at least a second.
+    assert time.perf_counter() - start < 0.95

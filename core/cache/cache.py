@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from anyio import sleep
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from core._aio import deadline
+from core._aio import SharedTimeout
 from core.cache.codec import Codec, codec_for
 from core.cache.envelope import normalise_version, pack, unpack
 from core.cache.errors import CacheUnavailable
@@ -116,7 +116,7 @@ class Cache:
         self._decode = self.codec.decode
         self._enabled = self.settings.enabled
         self._default_ttl = self.settings.default_ttl
-        self._timeout = self.settings.operation_timeout
+        self._bounded = SharedTimeout(self.settings.operation_timeout)
         self._beta = self.settings.early_refresh
         self._lock_px = max(1, int(self.settings.lock_ttl * 1000))
         self._flights: dict[str, _Flight] = {}
@@ -328,7 +328,7 @@ class Cache:
             self._count("bypassed")
             raise CacheUnavailable("Redis skipped: circuit breaker open")
         try:
-            async with deadline(self._timeout):
+            with self._bounded():
                 result = await fn(*args, **kwargs)
         except BaseException as exc:
             if _is_wrongtype(exc):

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import core.database.manager as manager_module
@@ -210,6 +210,28 @@ async def test_replica_checks_probe_each_replica_by_position(
         down, up = list(db.replicas)
         assert not db.replicas.is_up(down)
         assert db.replicas.is_up(up)
+
+
+async def test_an_unreachable_replica_is_logged_by_its_name_with_the_password_masked(
+    database_url: str, app_name: str, closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "replica-s3cret"
+    down_url = (
+        make_url(_on_port(database_url, closed_port))
+        .set(password=secret)
+        .render_as_string(hide_password=False)
+    )
+    settings = manager_settings(
+        database_url, app_name, replica_urls=[database_url, down_url], connect_timeout=5
+    )
+    caplog.set_level(logging.WARNING, logger="core.database.replicas")
+    async with DatabaseManager(settings) as db:
+        with anyio.fail_after(15), pytest.raises(ConnectionRefusedError):
+            await db.replica_checks()[1][1]()
+    [message] = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert message.startswith("replica replica-1 (postgresql+asyncpg://")
+    assert f"@127.0.0.1:{closed_port}/" in message  # which server, to find it
+    assert secret not in message
 
 
 async def test_replica_checks_registered_before_start(database_url: str, app_name: str) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+import core.database.manager as manager_module
 from core.database import DatabaseManager
 from core.resilience import BreakerState
 from tests.support.databases import Boom, cancel_mid_query, manager_settings
@@ -162,9 +163,33 @@ async def test_reads_go_to_a_replica_when_one_is_configured(
         for _ in range(2):
             async with db.read_connection() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+                # A replica's pool is read-only like the primary's read pool.
+                assert (await conn.execute(text("SHOW transaction_read_only"))).scalar_one() == "on"
                 assert replica.engine.pool.checkedout() == 1
                 assert _checked_out(db) == (0, 0)
             assert replica.engine.pool.checkedout() == 0
+
+
+async def test_a_replica_connects_with_its_own_secret_options(
+    database_url: str, app_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each URL's secret query options (sslpassword...) reach asyncpg for that server only.
+    seen: list[str] = []
+    real = manager_module.shielded_connect
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(str(kwargs.get("dsn", "")))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(manager_module, "shielded_connect", recording)
+    settings = manager_settings(
+        database_url + "?sslpassword=primary-key",
+        app_name,
+        replica_urls=[database_url + "?sslpassword=replica-key"],
+    )
+    async with DatabaseManager(settings) as db, db.read_connection() as conn:
+        await conn.execute(text("SELECT 1"))
+    assert seen == ["postgresql://?sslpassword=replica-key"]
 
 
 # --- a connection that cannot be given back cleanly -------------------------------------------

@@ -365,6 +365,40 @@ async def test_session_factory_defaults_to_read_write_sessions(
 # --- close ----------------------------------------------------------------------------------------
 
 
+async def test_close_gives_up_on_a_connection_never_returned_after_half_the_shutdown_timeout(
+    database_url: str, app_name: str
+) -> None:
+    shutdown = 2.0
+    settings = manager_settings(database_url, app_name)
+    settings = settings.model_copy(
+        update={"app": settings.app.model_copy(update={"shutdown_timeout": shutdown})}
+    )
+    db = DatabaseManager(settings)
+    await db.start()
+    release = anyio.Event()
+    in_use = anyio.Event()
+
+    async def request() -> None:
+        async with db.get_session(read_only=True) as session:
+            await session.execute(text("SELECT 1"))
+            in_use.set()
+            await release.wait()
+            # Its pool was disposed meanwhile: close the connection here rather than hand it
+            # back to a pool nothing will close again.
+            await session.invalidate()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request)
+        await in_use.wait()
+        started = anyio.current_time()
+        await db.close()
+        took = anyio.current_time() - started
+        release.set()
+    # Half the shutdown timeout for requests in flight, the other half left for the rest of
+    # the shutdown; a slow machine only adds to the lower bound.
+    assert shutdown / 2 <= took < shutdown
+
+
 async def test_close_waits_for_a_connection_still_in_use(database_url: str, app_name: str) -> None:
     # Disposing a pool does not close a checked-out connection: close first lets requests in
     # flight hand theirs back (up to half the shutdown timeout).

@@ -391,7 +391,8 @@ async def test_close_gives_up_on_a_connection_never_returned_after_half_the_shut
         tg.start_soon(request)
         await in_use.wait()
         started = anyio.current_time()
-        await db.close()
+        with anyio.fail_after(shutdown * 3):
+            await db.close()
         took = anyio.current_time() - started
         release.set()
     # Half the shutdown timeout for requests in flight, the other half left for the rest of

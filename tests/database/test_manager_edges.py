@@ -362,6 +362,20 @@ async def test_session_factory_defaults_to_read_write_sessions(
     assert await _names(probe, pg_schema) == ["one", "two"]
 
 
+async def test_a_manager_never_started_builds_its_factories_on_first_use(
+    database_url: str, app_name: str
+) -> None:
+    # The seed's global manager is used without `start()`: the first ask builds everything.
+    db = DatabaseManager(manager_settings(database_url, app_name))
+    try:
+        async with db.session_factory()() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+        async with db.session_factory(read_only=True)() as session:
+            assert (await session.execute(text("SHOW transaction_read_only"))).scalar_one() == "on"
+    finally:
+        await db.close()
+
+
 # --- close ----------------------------------------------------------------------------------------
 
 
@@ -400,6 +414,39 @@ async def test_close_gives_up_on_a_connection_never_returned_after_half_the_shut
     assert shutdown / 2 <= took < shutdown
 
 
+@pytest.mark.parametrize("failing", ["replicas", "engine"])
+async def test_close_disposes_everything_and_raises_the_first_failure(
+    database_url: str, app_name: str, failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = DatabaseManager(manager_settings(database_url, app_name, replica_urls=[database_url]))
+    await db.start()
+    assert db.replicas is not None
+    replicas, write_engine, read_engine = db.replicas, db.engine, db.read_engine
+    disposed: list[str] = []
+    names = {id(write_engine.sync_engine): "engine", id(read_engine.sync_engine): "read engine"}
+    real_dispose, real_replicas_dispose = AsyncEngine.dispose, type(replicas).dispose
+
+    async def dispose_engine(engine: AsyncEngine, close: bool = True) -> None:
+        await real_dispose(engine, close)
+        name = names.get(id(engine.sync_engine), "replica engine")
+        disposed.append(name)
+        if name == failing:
+            raise Boom(name)
+
+    async def dispose_replicas(self: Any) -> None:
+        await real_replicas_dispose(self)
+        disposed.append("replicas")
+        if failing == "replicas":
+            raise Boom("replicas")
+
+    monkeypatch.setattr(AsyncEngine, "dispose", dispose_engine)
+    monkeypatch.setattr(type(replicas), "dispose", dispose_replicas)
+    with pytest.raises(Boom, match=f"^{failing}$"):
+        await db.close()
+    # One failure stops nothing else from being disposed.
+    assert {"replicas", "engine", "read engine"} <= set(disposed)
+
+
 async def test_close_waits_for_a_connection_still_in_use(database_url: str, app_name: str) -> None:
     # Disposing a pool does not close a checked-out connection: close first lets requests in
     # flight hand theirs back (up to half the shutdown timeout).
@@ -427,7 +474,8 @@ async def test_close_waits_for_a_connection_still_in_use(database_url: str, app_
         await anyio.sleep(0.3)  # close polls every 10 ms: time enough to see it is waiting
         assert not closed.is_set()
         release.set()
-        with anyio.fail_after(5):
+        # Promptly once the connection is back: 60 polls' time, however busy the machine.
+        with anyio.fail_after(0.6):
             await closed.wait()
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError
@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings, get_settings
 from core.errors import ResourceClosedError
+from core.redis_client.pool import WaitingConnectionPool
 from core.redis_client.topology import build_topology_client, is_topology_url
 from core.resilience import CircuitBreaker
 from core.urls import redact_url
@@ -80,7 +81,7 @@ class RedisManager:
         # redis-py does not retry by default: without this, the first command on a pooled
         # connection that the server closed while idle fails instead of reconnecting.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), cfg.retry_attempts)
-        pool = BlockingConnectionPool.from_url(
+        pool = WaitingConnectionPool.from_url(
             self.url,
             password=cfg.password.get_secret_value() if cfg.password else None,
             max_connections=cfg.max_connections,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from sqlalchemy import MetaData, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -379,6 +380,22 @@ async def test_a_manager_never_started_builds_its_factories_on_first_use(
 # --- close ----------------------------------------------------------------------------------------
 
 
+async def _hold_a_connection(
+    db: DatabaseManager,
+    release: anyio.Event,
+    invalidate: bool,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A request in flight: holds a connection until `release` is set."""
+    async with db.get_session(read_only=True) as session:
+        await session.execute(text("SELECT 1"))
+        task_status.started()
+        await release.wait()
+        if invalidate:
+            await session.invalidate()
+
+
 async def test_close_gives_up_on_a_connection_never_returned_after_half_the_shutdown_timeout(
     database_url: str, app_name: str
 ) -> None:
@@ -390,20 +407,11 @@ async def test_close_gives_up_on_a_connection_never_returned_after_half_the_shut
     db = DatabaseManager(settings)
     await db.start()
     release = anyio.Event()
-    in_use = anyio.Event()
-
-    async def request() -> None:
-        async with db.get_session(read_only=True) as session:
-            await session.execute(text("SELECT 1"))
-            in_use.set()
-            await release.wait()
-            # Its pool was disposed meanwhile: close the connection here rather than hand it
-            # back to a pool nothing will close again.
-            await session.invalidate()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(request)
-        await in_use.wait()
+        # Its pool is disposed meanwhile: it closes its connection rather than hand it back to
+        # a pool nothing will close again.
+        await tg.start(_hold_a_connection, db, release, True)
         started = anyio.current_time()
         with anyio.fail_after(shutdown * 3):
             await db.close()
@@ -453,17 +461,9 @@ async def test_close_waits_for_a_connection_still_in_use(database_url: str, app_
     db = DatabaseManager(manager_settings(database_url, app_name))
     await db.start()
     release = anyio.Event()
-    in_use = anyio.Event()
-
-    async def request() -> None:
-        async with db.get_session(read_only=True) as session:
-            await session.execute(text("SELECT 1"))
-            in_use.set()
-            await release.wait()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(request)
-        await in_use.wait()
+        await tg.start(_hold_a_connection, db, release, False)
         closed = anyio.Event()
 
         async def close() -> None:

@@ -29,6 +29,20 @@ async def _hang() -> None:
     raise AssertionError("no bound fired")
 
 
+async def _waiting_in(bound: SharedTimeout) -> asyncio.Task[None]:
+    """A task that has entered `bound` and waits inside it."""
+    entered = asyncio.Event()
+
+    async def call() -> None:
+        with bound():
+            entered.set()
+            await _hang()
+
+    task = asyncio.ensure_future(call())
+    await entered.wait()
+    return task
+
+
 async def test_a_call_past_the_bound_raises_timeout_error_at_the_bound() -> None:
     bound = SharedTimeout(BOUND)
     loop = asyncio.get_running_loop()
@@ -82,16 +96,7 @@ async def test_a_call_that_finished_is_never_cancelled_later() -> None:
 
 
 async def test_an_outer_cancellation_stays_a_cancellation() -> None:
-    bound = SharedTimeout(BOUND * 20)
-    entered = asyncio.Event()
-
-    async def call() -> None:
-        with bound():
-            entered.set()
-            await _hang()
-
-    task = asyncio.ensure_future(call())
-    await entered.wait()
+    task = await _waiting_in(SharedTimeout(BOUND * 20))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -103,16 +108,8 @@ async def test_an_outer_cancellation_stays_a_cancellation() -> None:
     "reports the timeout",
 )
 async def test_an_outer_cancellation_arriving_with_the_expiry_is_not_swallowed() -> None:
-    bound = SharedTimeout(0)  # due at once: its timer runs on the loop's next turn
-    entered = asyncio.Event()
-
-    async def call() -> None:
-        with bound():
-            entered.set()
-            await _hang()
-
-    task = asyncio.ensure_future(call())
-    await entered.wait()
+    # Due at once: its timer runs on the loop's next turn.
+    task = await _waiting_in(SharedTimeout(0))
     # This wake-up was queued before the bound's timer came due, so on this same turn of the
     # loop the task is cancelled from here, then by its bound, and only then runs again.
     task.cancel()

@@ -356,6 +356,10 @@ async def test_hostile_keys_and_sizes_keep_the_tier_under_its_caps(
             assert tier.nbytes <= 16_384
         assert tier.pending_reads == 0
         assert cache.stats.local_hits > 100
+        # Misses of ever new keys leave nothing behind either (no read marker per key).
+        for i in range(300):
+            assert await cache.get(("missing", i)) is None
+        assert tier.pending_reads == 0
 
 
 async def test_a_cluster_client_is_refused_with_the_reason() -> None:

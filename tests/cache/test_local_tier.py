@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
 from core.cache import Cache
@@ -251,6 +252,54 @@ async def test_own_writes_are_read_back_at_once(
         assert await cache.get("k") is None
         assert await cache.get_or_set("k", _loader("filled")) == "filled"
         assert await cache.get("k") == "filled"
+
+
+async def test_an_own_write_forgets_only_its_key_and_a_group_invalidation_everything(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    async with make(redis_client, key_prefix, local_tier=True) as cache:
+        await _warm(cache, "a", 1)
+        await _warm(cache, "b", 2)
+        await cache.set("a", 10)
+        hits = cache.stats.local_hits
+        assert await cache.get("b") == 2
+        assert cache.stats.local_hits == hits + 1  # still from memory
+        assert await cache.get("a") == 10
+        await cache.set("g", 1, group="grp")
+        await cache.get("g", group="grp")
+        hits = cache.stats.local_hits
+        await _until_async(lambda: _grouped_served_locally(cache, hits))
+        await cache.invalidate_group("grp")
+        assert await cache.get("g", group="grp") is None  # at once, not when Redis says so
+
+
+async def _grouped_served_locally(cache: Cache, hits_before: int) -> bool:
+    await cache.get("g", group="grp")
+    return cache.stats.local_hits > hits_before
+
+
+class Point(BaseModel):
+    x: int
+    y: float
+
+
+async def test_a_tier_hit_is_decoded_into_the_callers_type_and_counted_once(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    events: list[tuple[str, float]] = []
+    cfg = CacheSettings.model_validate({"local_tier": True})
+
+    def hook(event: str, value: float) -> None:
+        events.append((event, value))
+
+    async with Cache(redis_client, prefix=key_prefix, settings=cfg, metrics=hook) as cache:
+        await _warm(cache, "p", Point(x=1, y=2.5))
+        hits, local_hits = cache.stats.hits, cache.stats.local_hits
+        events.clear()
+        found = await cache.get_or_set("p", _loader(None), type_=Point)
+        assert isinstance(found, Point) and found == Point(x=1, y=2.5)
+        assert (cache.stats.hits, cache.stats.local_hits) == (hits + 1, local_hits + 1)
+        assert events == [("hits", 1.0), ("local_hits", 1.0)]
 
 
 async def test_a_lost_invalidation_connection_empties_the_tier_and_reads_go_to_redis_until_back(

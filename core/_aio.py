@@ -55,6 +55,11 @@ if sys.version_info >= (3, 11):
             self._timer: asyncio.TimerHandle | None = None
             self._loop: asyncio.AbstractEventLoop | None = None
 
+        @property
+        def seconds(self) -> float:
+            """The length of every bound."""
+            return self._seconds
+
         def __call__(self) -> _Bound:
             return _Bound(self)
 
@@ -135,6 +140,11 @@ else:  # pragma: no cover - exercised by the 3.10 CI session
 
         def __init__(self, seconds: float) -> None:
             self._seconds = seconds
+
+        @property
+        def seconds(self) -> float:
+            """The length of every bound."""
+            return self._seconds
 
         def __call__(self) -> AbstractContextManager[CancelScope]:
             return anyio.fail_after(self._seconds)

@@ -6,9 +6,11 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+
+from core.redis_client.connection import lean_connection_class
 
 __all__ = ["WaitingConnectionPool"]
 
@@ -20,11 +22,13 @@ class WaitingConnectionPool(ConnectionPool):
     It behaves as redis-py's `BlockingConnectionPool`, but that one takes a condition lock and
     arms a timer on every checkout, about a tenth of a whole cache hit; here a checkout that
     finds a connection costs what a plain `ConnectionPool` checkout does, and only one that
-    finds none waits. `timeout=None` waits without bound.
+    finds none waits. `timeout=None` waits without bound. Its connections bound their socket
+    operations without a timer per command (`core.redis_client.connection`).
     """
 
     def __init__(self, *, timeout: float | None = 20.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        connection_class = kwargs.pop("connection_class", Connection)
+        super().__init__(connection_class=lean_connection_class(connection_class), **kwargs)
         self.timeout = timeout
         self._waiters: deque[asyncio.Future[None]] = deque()
 

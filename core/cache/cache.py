@@ -30,7 +30,7 @@ from core._aio import SharedTimeout
 from core.cache.codec import Codec, codec_for
 from core.cache.envelope import normalise_version, pack, unpack
 from core.cache.errors import CacheUnavailable
-from core.cache.hooks import CacheBreaker, CacheEvent, CacheStats, MetricsHook
+from core.cache.hooks import CacheBreaker, CacheEvent, CacheStats, MetricsHook, admission
 from core.cache.keys import Key, KeySpace
 from core.cache.local_tier import LocalTier
 from core.cache.scripts import DELETE, ENSURE_VERSION, RELEASE, STORE_RELEASE
@@ -110,7 +110,7 @@ class Cache:
         self.keys = KeySpace(prefix, self.settings.namespace, self.settings.max_key_length)
         self.codec = codec if codec is not None else codec_for(self.settings.codec)
         self.stats = CacheStats()
-        self._breaker = breaker
+        self._admission = None if breaker is None else admission(breaker)
         self._metrics = metrics
         self._codec_id = self.codec.codec_id
         self._decode = self.codec.decode
@@ -323,29 +323,31 @@ class Cache:
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """One bounded Redis call through the breaker; failures become `CacheUnavailable`."""
-        breaker = self._breaker
-        if breaker is not None and not breaker.allow():
-            self._count("bypassed")
-            raise CacheUnavailable("Redis skipped: circuit breaker open")
+        breaker = self._admission
+        permit = None
+        if breaker is not None:
+            permit = breaker.admit()
+            if permit is None:
+                self._count("bypassed")
+                raise CacheUnavailable("Redis skipped: circuit breaker open")
         try:
             with self._bounded():
                 result = await fn(*args, **kwargs)
         except BaseException as exc:
-            if _is_wrongtype(exc):
-                if breaker is not None:
-                    breaker.record_success()
-                raise
             # Cancellation and bugs are settled too, or a half-open breaker would keep waiting
-            # for this probe's outcome.
+            # for this probe's outcome. A WRONGTYPE reply is Redis answering: a success.
+            wrongtype = _is_wrongtype(exc)
             if breaker is not None:
-                breaker.record_failure(exc)
+                breaker.settle(permit, None if wrongtype else exc)
+            if wrongtype:
+                raise
             if not isinstance(exc, _REDIS_ERRORS) and not is_closed_transport_error(exc):
                 raise
             self._count("errors")
             log.debug("cache: Redis call failed: %r", exc)
             raise CacheUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
         if breaker is not None:
-            breaker.record_success()
+            breaker.settle(permit)
         return result
 
     async def _must(

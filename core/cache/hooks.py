@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = ["CacheBreaker", "CacheEvent", "CacheStats", "MetricsHook"]
 
@@ -71,3 +71,42 @@ class CacheBreaker(Protocol):
     def record_failure(self, exc: BaseException) -> None:
         """A Redis call failed or timed out."""
         ...
+
+
+class Admission(Protocol):
+    """How the cache admits and settles each Redis call (a permit in the caller's hands)."""
+
+    def admit(self) -> Any:
+        """A permit, or None to skip Redis."""
+        ...
+
+    def settle(self, permit: Any, exc: BaseException | None = None) -> None:
+        """The outcome of an admitted call: success when `exc` is None."""
+        ...
+
+
+class _Recorded:
+    """`admit`/`settle` over a breaker that has only the three `CacheBreaker` calls (settled in
+    the task that admitted, as those calls require)."""
+
+    __slots__ = ("_breaker",)
+
+    def __init__(self, breaker: CacheBreaker) -> None:
+        self._breaker = breaker
+
+    def admit(self) -> bool | None:
+        return True if self._breaker.allow() else None
+
+    def settle(self, permit: Any, exc: BaseException | None = None) -> None:
+        if exc is None:
+            self._breaker.record_success()
+        else:
+            self._breaker.record_failure(exc)
+
+
+def admission(breaker: CacheBreaker) -> Admission:
+    """dualcore's own breaker as is (its permits skip the per-task bookkeeping of `allow()`);
+    any other breaker, subclasses included, through its three calls."""
+    from core.resilience.breaker import CircuitBreaker
+
+    return breaker if type(breaker) is CircuitBreaker else _Recorded(breaker)

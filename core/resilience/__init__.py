@@ -5,6 +5,7 @@ from core.resilience.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
+    Permit,
     StateListener,
 )
 from core.resilience.errors import (
@@ -24,6 +25,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "OnRetry",
+    "Permit",
     "RetryPolicy",
     "StateListener",
     "is_serialization_failure",

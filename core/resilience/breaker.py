@@ -37,6 +37,7 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Permit",
     "StateListener",
 ]
 
@@ -89,16 +90,20 @@ class BreakerSnapshot:
         return data
 
 
-@dataclass(eq=False)
-class _Permit:
-    generation: int
-    probe: bool
-    settled: bool = False
+class Permit:
+    """One call admitted by `CircuitBreaker.admit()`; settle it once with `settle()`."""
+
+    __slots__ = ("generation", "probe", "settled")
+
+    def __init__(self, generation: int, probe: bool) -> None:
+        self.generation = generation
+        self.probe = probe
+        self.settled = False
 
 
 # Permits admitted by `allow()` in this task and not yet settled, innermost last. A context
 # variable keeps concurrent tasks' permits apart without an object per call.
-_PERMITS: contextvars.ContextVar[tuple[tuple[CircuitBreaker, _Permit], ...]] = (
+_PERMITS: contextvars.ContextVar[tuple[tuple[CircuitBreaker, Permit], ...]] = (
     contextvars.ContextVar("dualcore_breaker_permits", default=())
 )
 
@@ -109,7 +114,9 @@ class CircuitBreaker:
     Use `async with breaker:` or `await breaker.call(fn, *args)`; both raise `CircuitOpenError`
     when the call is not admitted. The low-level `allow()` / `record_success()` /
     `record_failure(exc)` serve code that cannot wrap the call in a block: each `allow()` that
-    returned True must be followed, in the same task, by exactly one record call.
+    returned True must be followed, in the same task, by exactly one record call. `admit()` /
+    `settle(permit, exc)` do the same with the permit in the caller's hands, for hot paths:
+    no per-task bookkeeping, and the permit may be settled from any task.
     """
 
     def __init__(
@@ -209,16 +216,22 @@ class CircuitBreaker:
 
     # --- admission and outcomes ------------------------------------------------------------
 
-    def _admit(self) -> _Permit | None:
-        self._refresh()
+    def admit(self) -> Permit | None:
+        """Admit one call now: its permit, or None when refused. Settle the permit exactly once
+        with `settle()`."""
+        if self._state is BreakerState.OPEN:
+            self._refresh()
         if self._state is BreakerState.CLOSED:
-            return _Permit(self._generation, probe=False)
+            return Permit(self._generation, False)
         if self._state is BreakerState.HALF_OPEN and self._probes < self.half_open_max_calls:
             self._probes += 1
-            return _Permit(self._generation, probe=True)
+            return Permit(self._generation, True)
         return None
 
-    def _settle(self, permit: _Permit, exc: BaseException | None) -> None:
+    def settle(self, permit: Permit, exc: BaseException | None = None) -> None:
+        """Settle an admitted call: a success (`exc` None) or its error. Errors that are not
+        failures (cancellation, business errors) only release the call's probe slot; a permit
+        settled again changes nothing."""
         if permit.settled:
             return
         permit.settled = True
@@ -239,13 +252,13 @@ class CircuitBreaker:
     def allow(self) -> bool:
         """Admit one call now (True) or refuse it (False). An admitted call must be settled
         with `record_success()` or `record_failure(exc)` in the same task."""
-        permit = self._admit()
+        permit = self.admit()
         if permit is None:
             return False
         _PERMITS.set((*_PERMITS.get(), (self, permit)))
         return True
 
-    def _pop_permit(self) -> _Permit:
+    def _pop_permit(self) -> Permit:
         stack = _PERMITS.get()
         for i in range(len(stack) - 1, -1, -1):
             owner, permit = stack[i]
@@ -254,16 +267,16 @@ class CircuitBreaker:
                 return permit
         # Recorded without a matching allow() in this task: treat as a call of the current
         # phase, and as a probe only if one is outstanding.
-        return _Permit(self._generation, probe=self._probes > 0)
+        return Permit(self._generation, probe=self._probes > 0)
 
     def record_success(self) -> None:
         """Settle the call admitted by the latest `allow()` as a success."""
-        self._settle(self._pop_permit(), None)
+        self.settle(self._pop_permit(), None)
 
     def record_failure(self, exc: BaseException) -> None:
         """Settle the call admitted by the latest `allow()` with its error. Errors that are not
         failures (cancellation, business errors) only release the call's probe slot."""
-        self._settle(self._pop_permit(), exc)
+        self.settle(self._pop_permit(), exc)
 
     def _rejection(self) -> CircuitOpenError:
         return CircuitOpenError(self.name, self._retry_after())

@@ -24,6 +24,8 @@ from core.cache import Cache, CacheUnavailable
 from core.cache.cache import _POLL_FIRST, _POLL_MAX
 from core.cache.envelope import pack
 from core.config import CacheSettings
+from core.resilience import CircuitBreaker
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -572,3 +574,63 @@ async def test_aclose_returns_once_its_fills_have_released_their_locks(
         await asyncio.sleep(0)  # let any callback of the finished fill run
     assert [r for r in caplog.records if r.name == "asyncio"] == []
     assert await redis_client.get(cache.redis_key("k")) is None
+
+
+class Recording:
+    """A breaker of one's own: records what the cache tells it."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def allow(self) -> bool:
+        self.heard.append("allow")
+        return True
+
+    def record_success(self) -> None:
+        self.heard.append("success")
+
+    def record_failure(self, exc: BaseException) -> None:
+        self.heard.append(type(exc).__name__)
+
+
+class RecordingCircuitBreaker(CircuitBreaker):
+    """A subclass of dualcore's breaker that overrides the calls: its overrides are used."""
+
+    def __init__(self) -> None:
+        super().__init__("mine")
+        self.heard: list[str] = []
+
+    def allow(self) -> bool:
+        self.heard.append("allow")
+        return super().allow()
+
+    def record_success(self) -> None:
+        self.heard.append("success")
+        super().record_success()
+
+    def record_failure(self, exc: BaseException) -> None:
+        self.heard.append(type(exc).__name__)
+        super().record_failure(exc)
+
+
+@pytest.mark.parametrize("kind", [Recording, RecordingCircuitBreaker])
+async def test_a_breaker_of_ones_own_hears_every_calls_outcome(
+    kind: Callable[[], Recording | RecordingCircuitBreaker],
+    redis_client: aioredis.Redis,
+    key_prefix: str,
+) -> None:
+    breaker = kind()
+    cache = make(redis_client, key_prefix, breaker=breaker)
+    assert await cache.set("k", 1)
+    assert await cache.get("k") == 1
+    assert breaker.heard == ["allow", "success"] * 2
+    await redis_client.rpush(cache.redis_key("list"), "x")  # WRONGTYPE: Redis answered
+    assert await cache.get("list", "absent") == "absent"
+    assert breaker.heard[4:] == ["allow", "success"]
+    down = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    try:
+        unreachable = make(down, key_prefix, breaker=breaker)
+        assert await unreachable.get("k", "absent") == "absent"
+    finally:
+        await down.aclose()
+    assert breaker.heard[6:] == ["allow", "ConnectionError"]

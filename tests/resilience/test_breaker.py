@@ -325,6 +325,51 @@ def test_low_level_api_for_a_cache_layer() -> None:
     assert breaker.state is CLOSED
 
 
+def test_permits_in_the_callers_hands() -> None:
+    clock = Clock()
+    breaker, recorder = make(clock, failure_threshold=2, half_open_max_calls=2)
+    held = [breaker.admit(), breaker.admit()]
+    assert all(p is not None and not p.probe for p in held)
+    first = held[0]
+    assert first is not None
+    breaker.settle(first, redis_exc.ConnectionError("down"))
+    breaker.settle(first, redis_exc.ConnectionError("down"))  # again: not a second failure
+    assert breaker.state is CLOSED
+    second = held[1]
+    assert second is not None
+    breaker.settle(second, redis_exc.ConnectionError("down"))
+    assert breaker.state is OPEN
+    assert breaker.admit() is None
+    clock.now += 10
+    probes = [breaker.admit(), breaker.admit()]
+    assert breaker.admit() is None  # the probe limit
+    assert all(p is not None and p.probe for p in probes)
+    cancelled, good = probes
+    assert cancelled is not None and good is not None
+    breaker.settle(cancelled, asyncio.CancelledError())  # no verdict, the slot freed
+    assert breaker.state is HALF_OPEN
+    assert breaker.snapshot().probes_in_flight == 1
+    breaker.settle(good)
+    assert breaker.state is CLOSED
+    assert [(old, new) for _, old, new in recorder.changes] == [
+        (CLOSED, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, CLOSED),
+    ]
+
+
+def test_a_permit_from_an_earlier_phase_settles_without_a_verdict() -> None:
+    clock = Clock()
+    breaker, _ = make(clock, failure_threshold=1)
+    slow = breaker.admit()
+    failing = breaker.admit()
+    assert slow is not None and failing is not None
+    breaker.settle(failing, ConnectionResetError())
+    assert breaker.state is OPEN
+    breaker.settle(slow)  # admitted while closed: says nothing about the open phase
+    assert breaker.state is OPEN
+
+
 def test_nested_breakers_settle_their_own_calls() -> None:
     clock = Clock()
     outer, _ = make(clock, failure_threshold=1)

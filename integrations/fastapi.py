@@ -52,9 +52,15 @@ __all__ = [
 ]
 
 
-def get_core(request: Request) -> Core:
+async def get_core(request: Request) -> Core:
     """The `Core` the app was installed with (the global `lifespan` if `install` was not
-    called), for a dependency or handler that needs more than a session or the client."""
+    called), for a dependency or handler that needs more than a session or the client.
+
+    Async, as every dependency here: FastAPI runs a plain function in its thread pool."""
+    return _core_of(request)
+
+
+def _core_of(request: Request) -> Core:
     core: Core | None = getattr(request.app.state, "dualcore", None)
     return core if core is not None else lifespan
 
@@ -62,31 +68,31 @@ def get_core(request: Request) -> Core:
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     """A read-write session per request: committed before the response starts, rolled back if
     the endpoint raises."""
-    async with request_session(get_core(request).db) as session:
+    async with request_session(_core_of(request).db) as session:
         yield session
 
 
 async def get_read_db(request: Request) -> AsyncIterator[AsyncSession]:
     """A read-only session per request (no transaction round trips, writes refused)."""
-    async with get_core(request).db.get_session(read_only=True) as session:
+    async with _core_of(request).db.get_session(read_only=True) as session:
         yield session
 
 
 async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
     """A read-only SQLAlchemy Core connection per request, for hot read endpoints: no ORM
     session, one round trip per statement, replicas honoured (`DatabaseManager.read_connection`)."""
-    async with get_core(request).db.read_connection() as conn:
+    async with _core_of(request).db.read_connection() as conn:
         yield conn
 
 
 async def get_redis(request: Request) -> Redis:
     """The shared Redis client (async: FastAPI runs plain functions in a thread pool)."""
-    return get_core(request).redis.client
+    return _core_of(request).redis.client
 
 
 async def get_cache(request: Request) -> _Cache:
     """The core's cache over the shared Redis client (`get_or_set`, `delete`, groups)."""
-    return get_core(request).redis.cache
+    return _core_of(request).redis.cache
 
 
 DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]

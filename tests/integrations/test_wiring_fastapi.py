@@ -14,7 +14,15 @@ from sqlalchemy import text
 
 from core import Core, Settings, combine_lifespans
 from core.cache import Cache as CacheClass
-from integrations.fastapi import Cache, DbSession, get_core, install
+from integrations.fastapi import (
+    Cache,
+    DbSession,
+    ReadDbConnection,
+    ReadDbSession,
+    RedisClient,
+    get_core,
+    install,
+)
 
 
 @pytest.fixture
@@ -161,3 +169,38 @@ def test_installing_twice_is_refused(core: Core) -> None:
     install(app, core)
     with pytest.raises(ValueError, match="already"):
         install(app, core)
+
+
+def test_no_dependency_of_the_adapter_runs_in_the_thread_pool(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs a plain-function dependency in its thread pool: a thread hop per request."""
+    import anyio.to_thread
+
+    hops: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    app = FastAPI()
+    install(app, core)
+
+    @app.get("/everything")
+    async def everything(
+        db: DbSession,
+        read: ReadDbSession,
+        conn: ReadDbConnection,
+        redis: RedisClient,
+        cache: Cache,
+        found: Core = Depends(get_core),
+    ) -> dict[str, bool]:
+        return {"same_core": found is core and cache is core.redis.cache}
+
+    with _client(app) as client:
+        hops.clear()  # start-up may use threads of its own
+        response = client.get("/everything")
+    assert response.json() == {"same_core": True}
+    assert hops == []

@@ -61,7 +61,10 @@ class _LeanTimeouts(AbstractConnection):
             command = [command]
         transport = writer.transport
         try:
-            writer.writelines(command)
+            for chunk in command:
+                # write(), not writelines(): on some Python versions (3.12.1 here) writelines
+                # never pauses the protocol, so a drain would not wait for a full buffer.
+                writer.write(chunk)
             if transport.get_write_buffer_size():
                 # Not all taken by the socket at once: the drain may have to wait for it.
                 await asyncio.wait_for(writer.drain(), self.socket_timeout)

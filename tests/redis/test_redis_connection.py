@@ -1,5 +1,7 @@
 """The client's connections: redis-py's socket timeout, kept, without a timer or a task per
-command. Each timeout test runs on redis-py's own connection class too: both must behave alike.
+command. The read timeout tests run on redis-py's own connection class too: both must behave
+alike. The write timeout holds where redis-py's may not: on some Python versions (3.12.1)
+`writelines` never pauses the transport, so redis-py's drain returns with 64 MiB still unsent.
 
 A read is kept waiting by a BLPOP on a key nobody pushes to; a write by a server that answers
 the connection's handshake and then stops reading.
@@ -167,12 +169,11 @@ async def deaf_server() -> AsyncIterator[tuple[str, int]]:
         await server.wait_closed()
 
 
-@CLASSES
 async def test_a_write_the_server_never_takes_raises_and_drops_the_connection(
-    cls: type[Connection], deaf_server: tuple[str, int]
+    deaf_server: tuple[str, int],
 ) -> None:
     host, port = deaf_server
-    conn = cls(host=host, port=port, socket_timeout=TIMEOUT, protocol=2)  # its handshake: +OK
+    conn = LeanConnection(host=host, port=port, socket_timeout=TIMEOUT, protocol=2)  # +OK
     try:
         await conn.connect()
         big = conn.pack_command("SET", "k", b"x" * (64 * BIG))  # more than the socket buffers

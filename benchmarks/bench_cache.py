@@ -7,7 +7,9 @@ its metrics hook set the way the runtime sets it (`manager.cache_metrics =
 metrics.cache("default")` before first use), and entries written by real fills
 (`get_or_set` with a loader that takes time, so every entry carries its load time and each hit
 runs the early-refresh check). The baseline is what a user writes instead: a plain
-`redis.asyncio.Redis.from_url(...)`, `await redis.get(k)` + decode.
+`redis.asyncio.Redis.from_url(...)`, `await redis.get(k)` + decode. Information pairs split
+the figure: the baseline's code on the cache's own client, and on a plain client without any
+socket timeout (redis-py's default is 5 s), against which the cache's client prices its bounds.
 
 Each round runs every variant for `--ops` sequential calls right next to its baseline,
 alternating which goes first. The table shows the median per-call time over rounds and the
@@ -62,6 +64,9 @@ CORE_CLIENT_JSON = "core client: redis.get + json.loads"
 """The baseline's code on the client the cache uses (`RedisManager(settings).client`: blocking
 pool, retries, timeouts). Against the baseline it prices the client's configuration; against it,
 `get_or_set` prices the cache layer alone."""
+UNBOUNDED_JSON = "unbounded client: redis.get + json.loads"
+"""The baseline's code on a plain client with `socket_timeout=None` (redis-py's default is 5 s):
+no bound on a reply at all. Against it, the cache's client prices what its bounds cost."""
 JSON_PLAIN = Pair("get_or_set (json, plain)", BASE_JSON)
 LOCAL_TIER = Pair("get_or_set (json, local tier)", BASE_JSON)
 """A hit served from the in-process tier (`CACHE__LOCAL_TIER=true`): target <= 0.2x."""
@@ -74,6 +79,7 @@ PAIRS = [
     Pair("@cached (json, model)", BASE_MODEL),
     Pair("get_or_set (msgspec, model)", BASE_MODEL),
     Pair(CORE_CLIENT_JSON, BASE_JSON),
+    Pair(CORE_CLIENT_JSON, UNBOUNDED_JSON),
     Pair("get_or_set (json, plain)", CORE_CLIENT_JSON),
     LOCAL_TIER,
 ]
@@ -105,6 +111,7 @@ class Variants:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.client = aioredis.Redis.from_url(REDIS_URL)
+        self.unbounded = aioredis.Redis.from_url(REDIS_URL, socket_timeout=None)
         self.metrics = Metrics()
         self.managers = [
             manager(prefix, self.metrics, "default"),
@@ -160,6 +167,11 @@ class Variants:
 
         core_client = self.managers[0].client
 
+        unbounded = self.unbounded
+
+        async def unbounded_json() -> object:
+            return json.loads(await unbounded.get(raw_key))  # type: ignore[arg-type]
+
         async def core_client_json() -> object:
             return json.loads(await core_client.get(raw_key))
 
@@ -167,6 +179,7 @@ class Variants:
             BASE_JSON: base_json,
             BASE_MODEL: base_model,
             CORE_CLIENT_JSON: core_client_json,
+            UNBOUNDED_JSON: unbounded_json,
             "get_or_set (json, plain)": lambda: json_cache.get_or_set("plain", _never, TTL),
             "get_or_set (json, group)": lambda: json_cache.get_or_set(
                 "grouped", _never, TTL, group="users"
@@ -199,6 +212,7 @@ class Variants:
             for m in self.managers:
                 await m.close()
             await self.client.aclose()
+            await self.unbounded.aclose()
 
 
 async def measure(

@@ -201,8 +201,9 @@ def _document_core_responses(app: FastAPI) -> None:
                 continue
             uses = _uses(route.dependant)
             documented = documented_responses(
+                # The core itself reaches the database and Redis: it may answer 503 too.
                 core_dependency=bool(
-                    uses & {get_read_db, get_read_connection, get_redis, get_cache}
+                    uses & {get_read_db, get_read_connection, get_redis, get_cache, get_core}
                 ),
                 writes=get_db in uses,
             )

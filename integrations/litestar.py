@@ -170,13 +170,16 @@ class CorePlugin(InitPluginProtocol, ReceiveRoutePlugin):
         if not isinstance(route, HTTPRoute):
             return
         _answer_options_for_the_whole_path(route)
-        db_key, read_db_key, redis_key, cache_key, _, read_conn_key = self._keys
+        db_key, read_db_key, redis_key, cache_key, core_key, read_conn_key = self._keys
         for handler, _ in route.route_handler_map.values():
             if not handler.resolve_include_in_schema():
                 continue
             uses = _used_dependencies(handler)
             documented = documented_responses(
-                core_dependency=bool(uses & {read_db_key, read_conn_key, redis_key, cache_key}),
+                # The core itself reaches the database and Redis: it may answer 503 too.
+                core_dependency=bool(
+                    uses & {read_db_key, read_conn_key, redis_key, cache_key, core_key}
+                ),
                 writes=db_key in uses,
             )
             if not documented:

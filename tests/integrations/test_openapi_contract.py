@@ -22,7 +22,14 @@ if "fastapi" in FRAMEWORKS:
     from fastapi import Depends, FastAPI
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from integrations.fastapi import Cache, DbSession, ReadDbSession, RedisClient, install
+    from integrations.fastapi import (
+        Cache,
+        DbSession,
+        ReadDbSession,
+        RedisClient,
+        get_core,
+        install,
+    )
 if "litestar" in FRAMEWORKS:
     from litestar import Litestar, get, post, put
     from litestar.di import NamedDependency, Provide
@@ -61,8 +68,8 @@ def _example_app(framework: str) -> Any:
 
 
 def _user_app(framework: str) -> Any:
-    """Routes of an application's own: each core dependency alone, none, one through the
-    app's own dependency, and one declaring its own 503."""
+    """Routes of an application's own: each core dependency alone (the core itself too), none,
+    one through the app's own dependency, and one declaring its own 503."""
     if framework == "fastapi":
 
         async def owned(session: DbSession) -> AsyncSession:
@@ -85,6 +92,10 @@ def _user_app(framework: str) -> Any:
 
         @app.get("/cache")
         async def cache(c: Cache) -> dict[str, str]:
+            return {}
+
+        @app.get("/core")
+        async def core(found: Core = Depends(get_core)) -> dict[str, str]:
             return {}
 
         @app.get("/plain")
@@ -120,6 +131,10 @@ def _user_app(framework: str) -> Any:
     async def cache_l(cache: NamedDependency[CoreCache]) -> dict[str, str]:
         return {}
 
+    @get("/core")
+    async def core_l(core: NamedDependency[Core]) -> dict[str, str]:
+        return {}
+
     @get("/plain")
     async def plain_l() -> dict[str, str]:
         return {}
@@ -133,7 +148,7 @@ def _user_app(framework: str) -> Any:
         return {}
 
     return Litestar(
-        [write_l, read_l, redis_l, cache_l, plain_l, own_l, declared_l],
+        [write_l, read_l, redis_l, cache_l, core_l, plain_l, own_l, declared_l],
         plugins=[CorePlugin(_core())],
         logging_config=None,
     )
@@ -229,6 +244,7 @@ if FRAMEWORKS:
         assert _core_answers(document, "/read", "get") == READ
         assert _core_answers(document, "/redis", "get") == READ
         assert _core_answers(document, "/cache", "get") == READ
+        assert _core_answers(document, "/core", "get") == READ  # it reaches both servers
         assert _core_answers(document, "/plain", "get") == set()
         # A route's own declaration wins over the core's.
         declared = document["paths"]["/declared"]["get"]["responses"]["503"]

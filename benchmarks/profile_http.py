@@ -1,8 +1,10 @@
 """Where a served request's time goes: py-spy samples each server of `bench_http.py` under wrk load.
 
-    python benchmarks/profile_http.py [--servers NAME ...] [--connections C] [--seconds S]
+    python benchmarks/profile_http.py [--servers NAME ...] [--endpoint E] [--connections C]
+                                      [--seconds S]
 
-Each server (uvicorn, one worker) runs alone under `wrk -t1 -c<C>` on `GET /users/{id}` while
+Each server (uvicorn, one worker; a name ending in `@local` runs with the cache's local tier)
+runs alone under `wrk -t1 -c<C>` on the endpoint (default `GET /users/{id}`) while
 `py-spy record` samples its process (needs `py-spy` and `wrk`; sampling another process needs
 ptrace rights, e.g. root). Every sample is given to the innermost frame that belongs to a known
 part (the observability middleware, the unit-of-work layer, dependency resolution, the session
@@ -88,15 +90,18 @@ def sample(
         spy.wait(timeout=seconds + 60)
 
 
-async def profile(names: list[str], connections: int, seconds: float, out: Path) -> None:
+async def profile(
+    names: list[str], endpoint: str, connections: int, seconds: float, out: Path
+) -> None:
     ds = Dataset()
     await ds.create()
     workdir = tempfile.mkdtemp(prefix="dualcore-profile-")
     try:
-        servers = bench_http.start_servers(ds, names, workdir)
+        extra_env = {n: bench_http.LOCAL_ENV for n in names if n.endswith(bench_http.LOCAL)}
+        servers = bench_http.start_servers(ds, names, workdir, extra_env)
         try:
             scripts = await bench_http.prepare(servers, ds, workdir, connections)
-            script = scripts["GET /users/{id}"]
+            script = scripts[endpoint]
             for name, server in servers.items():
                 collapsed = out / f"{name}-c{connections}.txt"
                 rps, failed = sample(server, script, connections, seconds, collapsed)
@@ -114,6 +119,7 @@ async def profile(names: list[str], connections: int, seconds: float, out: Path)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--servers", nargs="+", default=["fastapi-dualcore", "fastapi-hand"])
+    parser.add_argument("--endpoint", choices=list(bench_http.ENDPOINTS), default="GET /users/{id}")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--out", type=Path, default=None)
@@ -123,7 +129,7 @@ def main() -> None:
             raise SystemExit(f"{tool} not found (pip install py-spy; apt-get install wrk)")
     out = args.out or Path(tempfile.mkdtemp(prefix="dualcore-flame-"))
     out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(profile(args.servers, args.connections, args.seconds, out))
+    asyncio.run(profile(args.servers, args.endpoint, args.connections, args.seconds, out))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,38 +103,41 @@ async def test_a_reply_later_than_the_socket_timeout_raises_and_drops_the_connec
         await conn.disconnect()
 
 
+@asynccontextmanager
+async def _waiting_for_a_reply(
+    cls: type[Connection], redis_url: str, key_prefix: str, socket_timeout: float
+) -> AsyncIterator[Connection]:
+    """A connection that has sent a BLPOP nobody will answer."""
+    host, port = _address(redis_url)
+    conn = cls(host=host, port=port, socket_timeout=socket_timeout)
+    try:
+        await conn.connect()
+        await conn.send_command("BLPOP", f"{key_prefix}never", 30)
+        yield conn
+    finally:
+        await conn.disconnect()
+
+
 @CLASSES
 async def test_a_timed_out_read_told_not_to_disconnect_keeps_the_connection(
     cls: type[Connection], redis_url: str, key_prefix: str
 ) -> None:
-    host, port = _address(redis_url)
-    conn = cls(host=host, port=port, socket_timeout=TIMEOUT)
-    try:
-        await conn.connect()
-        await conn.send_command("BLPOP", f"{key_prefix}never", 30)
+    async with _waiting_for_a_reply(cls, redis_url, key_prefix, TIMEOUT) as conn:
         with pytest.raises(RedisTimeoutError), anyio.fail_after(LATE):
             await conn.read_response(disconnect_on_error=False)
         assert conn.is_connected
-    finally:
-        await conn.disconnect()
 
 
 async def test_an_outer_cancellation_is_not_reported_as_a_timeout(
     redis_url: str, key_prefix: str
 ) -> None:
-    host, port = _address(redis_url)
-    conn = LeanConnection(host=host, port=port, socket_timeout=LATE)
-    try:
-        await conn.connect()
-        await conn.send_command("BLPOP", f"{key_prefix}never", 30)
+    async with _waiting_for_a_reply(LeanConnection, redis_url, key_prefix, LATE) as conn:
         read = asyncio.ensure_future(conn.read_response())
         await asyncio.sleep(TIMEOUT)
         read.cancel()
         with pytest.raises(asyncio.CancelledError):
             await read
         assert not conn.is_connected
-    finally:
-        await conn.disconnect()
 
 
 BIG = 1 << 20

@@ -327,9 +327,10 @@ async def _load(
     table: str,
     *,
     read_only_share: bool = True,
+    hold: float = 0.0,
 ) -> list[str]:
-    """Run one concurrent parametrised session per number in `tasks` (half of them read-only);
-    return the error messages."""
+    """Run one concurrent parametrised session per number in `tasks` (half of them read-only),
+    each read-write one holding its transaction `hold` seconds; return the error messages."""
     errors: list[str] = []
 
     async def one(i: int) -> None:
@@ -343,6 +344,8 @@ async def _load(
             else:
                 async with db.get_session() as session:
                     await session.execute(text(f"INSERT INTO {table} VALUES (:n)"), {"n": i})
+                    if hold:
+                        await session.execute(text("SELECT pg_sleep(:s)"), {"s": hold})
                     got = (
                         await session.execute(
                             text(f"SELECT count(*) FROM {table} WHERE n = :n"), {"n": i}
@@ -390,7 +393,13 @@ async def test_scaling_pgbouncer_without_the_setting_prepared_statements_break(
     async with DatabaseManager(settings) as db:
         await _create_table(db, "scaling_bouncer_control")
         with anyio.fail_after(120):
-            errors = await _load(db, range(200), "scaling_bouncer_control", read_only_share=False)
+            # Held transactions keep both server connections busy, so a client connection's
+            # next transaction lands on the other one, where its statements do not exist.
+            # Without the hold, a quick machine can serve every transaction on one server
+            # connection (PgBouncer reuses the last one freed) and nothing breaks.
+            errors = await _load(
+                db, range(200), "scaling_bouncer_control", read_only_share=False, hold=0.01
+            )
     assert any("prepared statement" in e for e in errors), errors[:3]
 
 

@@ -225,13 +225,18 @@ async def test_commands_the_socket_takes_at_once_start_no_task(
     assert tasks[0] == 0
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="on 3.10 reads use redis-py's own bound")
 async def test_sequential_commands_share_one_read_timer(
     lean_client: aioredis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     timers = _counting(monkeypatch, asyncio.get_running_loop(), "call_at")
     started = time.monotonic()
-    for i in range(200):
+    commands = 200
+    for i in range(commands):
         await lean_client.set(f"{key_prefix}k", i)
-    # One timer armed per connection, and again each time it fires (once a socket timeout).
-    assert timers[0] <= 1 + (time.monotonic() - started) / TIMEOUT + 1
+    if sys.version_info >= (3, 11):
+        # One timer armed per connection, and again each time it fires (once a socket timeout).
+        assert timers[0] <= 1 + (time.monotonic() - started) / TIMEOUT + 1
+    else:
+        # On 3.10 reads keep redis-py's own bound, a timer each; writes still arm none
+        # (redis-py's arm one per command too).
+        assert commands <= timers[0] <= commands + 2

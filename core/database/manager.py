@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
-from core._aio import deadline, finish_shielded
 from core.config import Settings, get_settings
 from core.database.connection import DATABASE, harden_engine, shielded_connect
+from core.database.release import release_connection, release_session
 from core.database.replicas import Replica, ReplicaSet, is_connection_failure
 from core.errors import ResourceClosedError
 from core.resilience import CircuitBreaker, is_serialization_failure, is_transient, origin_of
@@ -45,9 +45,6 @@ __all__ = [
 log = logging.getLogger("dualcore.database")
 
 T = TypeVar("T")
-
-# How long cleanup may take before the connection is thrown away instead of returned.
-_CLEANUP_TIMEOUT = 5.0
 
 
 class ReadOnlySessionError(RuntimeError):
@@ -330,7 +327,9 @@ class DatabaseManager:
         # whose server is down. Only the engine's own connection-level failures count against
         # it (see `_is_database_failure`), including a commit that the request layer ran.
         breaker = self.breaker
-        await breaker.__aenter__()
+        permit = breaker.admit()
+        if permit is None:
+            raise breaker._rejection()
         failure: BaseException | None = None
         session = factory()
         try:
@@ -342,16 +341,10 @@ class DatabaseManager:
             raise
         finally:
             try:
-                if session.sync_session.in_transaction():
-                    await finish_shielded(_release(session))
-                else:
-                    # Committed or never used: no connection is held, so closing is bookkeeping
-                    # with no await inside; cancellation cannot cut it short and it needs no
-                    # shielded task of its own (most requests end here).
-                    await session.close()
+                await release_session(session)
             finally:
                 failure = session.info.pop(COMMIT_FAILURE, None) or failure
-                await breaker.__aexit__(None, failure, None)
+                breaker.settle(permit, failure)
 
     @asynccontextmanager
     async def _replica_session(
@@ -368,7 +361,7 @@ class DatabaseManager:
                 self._replicas.mark_down(replica)
             raise
         finally:
-            await finish_shielded(_release(session, conn))
+            await release_session(session, conn)
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
@@ -393,10 +386,12 @@ class DatabaseManager:
                     self._replicas.mark_down(replica)
                 raise
             finally:
-                await finish_shielded(_release_connection(conn))
+                await release_connection(conn)
             return
         breaker = self.breaker
-        await breaker.__aenter__()
+        permit = breaker.admit()
+        if permit is None:
+            raise breaker._rejection()
         failure: BaseException | None = None
         try:
             assert self._read_engine is not None
@@ -404,12 +399,12 @@ class DatabaseManager:
             try:
                 yield conn
             finally:
-                await finish_shielded(_release_connection(conn))
+                await release_connection(conn)
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            await breaker.__aexit__(None, failure, None)
+            breaker.settle(permit, failure)
 
     async def run_in_transaction(
         self,
@@ -483,42 +478,6 @@ def _has_work(session: AsyncSession) -> bool:
 def _checked_out(engine: AsyncEngine) -> int:
     checkedout = getattr(engine.pool, "checkedout", None)
     return int(checkedout()) if checkedout is not None else 0
-
-
-async def _release_connection(conn: AsyncConnection) -> None:
-    """Return `conn` to its pool; if that cannot finish in time, throw it away instead."""
-    try:
-        async with deadline(_CLEANUP_TIMEOUT):
-            await conn.close()
-    except Exception as exc:
-        log.warning("connection close failed (%s); invalidating it", type(exc).__name__)
-        try:
-            await conn.invalidate()
-        except Exception:
-            log.exception("invalidating a connection failed")
-
-
-async def _release(session: AsyncSession, conn: AsyncConnection | None = None) -> None:
-    """Close the session (rolling back anything uncommitted); if that cannot finish in time,
-    throw the connection away so it is never returned to the pool mid-transaction. `conn` is
-    the connection the session was bound to, if it was given one; it is closed too."""
-    try:
-        async with deadline(_CLEANUP_TIMEOUT):
-            await session.close()
-    except Exception as exc:
-        log.warning("session close failed (%s); invalidating its connection", type(exc).__name__)
-        try:
-            await session.invalidate()
-            if conn is not None:
-                await conn.invalidate()
-        except Exception:
-            log.exception("invalidating a session's connection failed")
-    if conn is not None and not conn.closed:
-        try:
-            async with deadline(_CLEANUP_TIMEOUT):
-                await conn.close()
-        except Exception:
-            log.exception("closing a replica connection failed")
 
 
 db_manager = DatabaseManager()

@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from sqlalchemy import MetaData, make_url, text
+from sqlalchemy import Connection, MetaData, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-import core.database.manager as manager_module
+import core.database.release as release_module
 from core.config import get_settings
 from core.database import DatabaseManager, ReadOnlySessionError
 from tests.support.databases import Boom, item_model, manager_settings
@@ -120,7 +120,7 @@ async def test_rollback_that_hangs_is_bounded_and_the_connection_thrown_away(
     # A ROLLBACK that never gets an answer must not hold the request (or shutdown) forever:
     # after the cleanup bound the connection is invalidated instead of returned to the pool.
     cleanup = 0.3
-    monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", cleanup)
+    monkeypatch.setattr(release_module, "CLEANUP_TIMEOUT", cleanup)
     settings = manager_settings(pg_proxy.url_for(database_url), app_name)
     async with DatabaseManager(settings) as db:
         caplog.set_level(logging.WARNING, logger="dualcore.database")
@@ -155,7 +155,7 @@ async def test_failure_to_invalidate_is_logged_and_the_handler_error_kept(
 ) -> None:
     # Cleanup runs while the handler's own error propagates: a second failure while throwing
     # the connection away must be logged with its traceback, never replace that error.
-    monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", 0.3)
+    monkeypatch.setattr(release_module, "CLEANUP_TIMEOUT", 0.3)
     settings = manager_settings(pg_proxy.url_for(database_url), app_name)
     async with DatabaseManager(settings) as db:
         caplog.set_level(logging.WARNING, logger="dualcore.database")
@@ -324,14 +324,15 @@ async def test_failure_to_close_a_replica_connection_is_logged_not_raised(
     async with DatabaseManager(settings) as db:
         caplog.set_level(logging.WARNING, logger="dualcore.database")
         targets: list[AsyncConnection] = []
-        real_close = AsyncConnection.close
+        real_close = Connection.close
 
-        async def close_then_fail(self: AsyncConnection) -> None:
-            await real_close(self)
-            if self in targets:
+        # The synchronous close, the one under `AsyncConnection.close()` that the pool sees.
+        def close_then_fail(self: Connection) -> None:
+            real_close(self)
+            if any(self is t.sync_connection for t in targets):
                 raise RuntimeError("close failed")
 
-        monkeypatch.setattr(AsyncConnection, "close", close_then_fail)
+        monkeypatch.setattr(Connection, "close", close_then_fail)
         async with db.get_session(read_only=True) as session:
             assert isinstance(session.bind, AsyncConnection)
             targets.append(session.bind)

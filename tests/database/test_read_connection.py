@@ -11,11 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import await_only as await_
 
 import core.database.manager as manager_module
+import core.database.release as release_module
 from core.database import DatabaseManager
 from core.resilience import BreakerState
 from tests.support.databases import Boom, cancel_mid_query, manager_settings
@@ -209,6 +211,24 @@ def _break(monkeypatch: pytest.MonkeyPatch, name: str, broken: Any) -> dict[str,
     return target
 
 
+def _break_close(monkeypatch: pytest.MonkeyPatch, broken: Any) -> dict[str, Any]:
+    """Replace the close of the connection put in the returned dict only. The pool is given
+    connections back by the synchronous close under `AsyncConnection`, so that is the one
+    replaced: `broken` may ask for I/O with `await_()`, as a close that rolls back does."""
+    real = Connection.close
+    target: dict[str, Any] = {}
+
+    def close(self: Connection) -> None:
+        conn = target.get("conn")
+        if conn is not None and self is conn.sync_connection:
+            broken(real, self)
+        else:
+            real(self)
+
+    monkeypatch.setattr(Connection, "close", close)
+    return target
+
+
 @pytest.mark.parametrize("close", ["hangs", "fails"])
 async def test_a_close_that_hangs_or_fails_is_bounded_and_the_connection_thrown_away(
     db: DatabaseManager,
@@ -216,19 +236,17 @@ async def test_a_close_that_hangs_or_fails_is_bounded_and_the_connection_thrown_
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import core.database.manager as manager_module
-
     cleanup = 0.3
-    monkeypatch.setattr(manager_module, "_CLEANUP_TIMEOUT", cleanup)
+    monkeypatch.setattr(release_module, "CLEANUP_TIMEOUT", cleanup)
     caplog.set_level(logging.WARNING, logger="dualcore.database")
     before = await _pid(db)
 
-    async def bad_close(real: Any, conn: AsyncConnection) -> None:
+    def bad_close(real: Any, conn: Connection) -> None:
         if close == "hangs":
-            await anyio.sleep(60)
+            await_(anyio.sleep(60))
         raise OSError("close failed")
 
-    target = _break(monkeypatch, "close", bad_close)
+    target = _break_close(monkeypatch, bad_close)
 
     async def handler_fails() -> None:
         async with db.read_connection() as conn:
@@ -254,14 +272,14 @@ async def test_a_failure_to_throw_the_connection_away_is_logged_and_the_handler_
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dualcore.database")
 
-    async def failing_close(real: Any, conn: AsyncConnection) -> None:
+    def failing_close(real: Any, conn: Connection) -> None:
         raise OSError("close failed")
 
     async def invalidate_then_fail(real: Any, conn: AsyncConnection, *args: Any) -> None:
         await real(conn, *args)
         raise RuntimeError("invalidation failed")
 
-    closing = _break(monkeypatch, "close", failing_close)
+    closing = _break_close(monkeypatch, failing_close)
     invalidating = _break(monkeypatch, "invalidate", invalidate_then_fail)
 
     async def handler_fails() -> None:

@@ -67,6 +67,14 @@ pool, retries, timeouts). Against the baseline it prices the client's configurat
 UNBOUNDED_JSON = "unbounded client: redis.get + json.loads"
 """The baseline's code on a plain client with `socket_timeout=None` (redis-py's default is 5 s):
 no bound on a reply at all. Against it, the cache's client prices what its bounds cost."""
+SEND_READ = "raw connection: send, read"
+SEND_TURN_READ = "raw connection: send, loop turn, read"
+TURN = Pair(SEND_TURN_READ, SEND_READ)
+"""The same GET on one of the baseline's connections, with and without one turn of the event
+loop between sending and reading. Not a cost of any variant: it shows what this machine charges
+to wake a loop that blocked for the reply. Where it is well below 1x, a loop turn the client
+spends before reading (redis-py's write under `asyncio.wait_for`, a task of its own before
+Python 3.12) is partly paid back by a reply already there when the loop polls."""
 JSON_PLAIN = Pair("get_or_set (json, plain)", BASE_JSON)
 LOCAL_TIER = Pair("get_or_set (json, local tier)", BASE_JSON)
 """A hit served from the in-process tier (`CACHE__LOCAL_TIER=true`): target <= 0.2x."""
@@ -81,6 +89,7 @@ PAIRS = [
     Pair(CORE_CLIENT_JSON, BASE_JSON),
     Pair(CORE_CLIENT_JSON, UNBOUNDED_JSON),
     Pair("get_or_set (json, plain)", CORE_CLIENT_JSON),
+    TURN,
     LOCAL_TIER,
 ]
 TARGETS = {JSON_PLAIN: "json dict", JSON_MODEL: "pydantic model"}
@@ -175,8 +184,22 @@ class Variants:
         async def core_client_json() -> object:
             return json.loads(await core_client.get(raw_key))
 
+        pool = client.connection_pool
+
+        async def raw_get(turn: bool) -> object:
+            conn = await pool.get_connection()
+            try:
+                await conn.send_command("GET", raw_key)
+                if turn:
+                    await asyncio.sleep(0)
+                return json.loads(await conn.read_response())
+            finally:
+                await pool.release(conn)
+
         ops: dict[str, Op] = {
             BASE_JSON: base_json,
+            SEND_READ: lambda: raw_get(False),
+            SEND_TURN_READ: lambda: raw_get(True),
             BASE_MODEL: base_model,
             CORE_CLIENT_JSON: core_client_json,
             UNBOUNDED_JSON: unbounded_json,

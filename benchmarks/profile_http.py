@@ -49,23 +49,25 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def part_of(frame: str) -> str | None:
+def part_of(frame: str, parts: list[tuple[str, tuple[str, ...]]] = PARTS) -> str | None:
     """The part a collapsed-stack frame (`function (path:line)`) belongs to, if any."""
-    for name, patterns in PARTS:
+    for name, patterns in parts:
         if any(p in frame for p in patterns):
             return name
     return None
 
 
-def summarise(collapsed: Path) -> dict[str, float]:
-    """Share of samples by part, innermost known frame first."""
+def summarise(
+    collapsed: Path, parts: list[tuple[str, tuple[str, ...]]] = PARTS
+) -> dict[str, float]:
+    """Share of samples by part (`parts`, innermost known frame first)."""
     counts: collections.Counter[str] = collections.Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         frames = stack.split(";")
-        part = next((p for f in reversed(frames) if (p := part_of(f)) is not None), "other")
+        part = next((p for f in reversed(frames) if (p := part_of(f, parts)) is not None), "other")
         counts[part] += int(count)
     total = sum(counts.values()) or 1
     return {name: n / total for name, n in counts.most_common()}

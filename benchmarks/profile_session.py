@@ -40,28 +40,6 @@ PARTS = [WAITING, *SQLALCHEMY, *profile_http.PARTS]
 DEFAULT = ["asyncpg", "hand ro (equal work)", "dualcore read-only", "dualcore read connection"]
 
 
-def part_of(frame: str) -> str | None:
-    """The part a collapsed-stack frame belongs to, if any."""
-    for name, patterns in PARTS:
-        if any(p in frame for p in patterns):
-            return name
-    return None
-
-
-def summarise(collapsed: Path) -> dict[str, float]:
-    """Share of samples by part, innermost known frame first."""
-    counts: dict[str, int] = {}
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        frames = stack.split(";")
-        part = next((p for f in reversed(frames) if (p := part_of(f)) is not None), "other")
-        counts[part] = counts.get(part, 0) + int(count)
-    total = sum(counts.values()) or 1
-    return {name: n / total for name, n in sorted(counts.items(), key=lambda kv: -kv[1])}
-
-
 async def profile(variants: list[str], seconds: float, out: Path) -> None:
     ds = Dataset()
     await ds.create()
@@ -89,7 +67,7 @@ async def profile(variants: list[str], seconds: float, out: Path) -> None:
                     reads += 1
                 rate = reads / (time.perf_counter() - started)
                 print(f"\n{name}: {rate:.0f} reads/s under sampling")
-                for part, share in summarise(collapsed).items():
+                for part, share in profile_http.summarise(collapsed, PARTS).items():
                     print(f"  {part:44} {share:6.1%}")
                 print(f"  (collapsed stacks: {collapsed})")
         finally:

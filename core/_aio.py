@@ -33,6 +33,8 @@ else:  # pragma: no cover - exercised by the 3.10 CI session
 
 
 if sys.version_info >= (3, 11):
+    from asyncio import current_task, get_running_loop
+
     _PENDING, _DONE, _EXPIRING, _EXPIRED = 0, 1, 2, 3
     # The event loop runs a timer this much early; an expiry check must allow for it.
     _RESOLUTION = time.get_clock_info("monotonic").resolution
@@ -63,18 +65,6 @@ if sys.version_info >= (3, 11):
         def __call__(self) -> _Bound:
             return _Bound(self)
 
-        def _register(self, bound: _Bound) -> float:
-            loop = asyncio.get_running_loop()
-            if loop is not self._loop:  # first use, or a new event loop: nothing carries over
-                self._loop = loop
-                self._running = deque()
-                self._timer = None
-            when = loop.time() + self._seconds
-            self._running.append(bound)
-            if self._timer is None:
-                self._timer = loop.call_at(when, self._expire)
-            return when
-
         def _expire(self) -> None:
             loop = self._loop
             assert loop is not None
@@ -91,14 +81,9 @@ if sys.version_info >= (3, 11):
                     bound.task.cancel()
                 running.popleft()
 
-        def _finished(self) -> None:
-            # Finished bounds leave from the front at once, so the queue holds only what runs
-            # (plus those finished out of order, until the timer passes them).
-            running = self._running
-            while running and running[0].state != _PENDING:
-                running.popleft()
-
     class _Bound:
+        # Entering and leaving are written out, without helper calls: a cache hit pays for
+        # two of these (the cache's bound and the connection's read bound).
         __slots__ = ("_cancelling", "_owner", "state", "task", "when")
 
         def __init__(self, owner: SharedTimeout) -> None:
@@ -106,12 +91,21 @@ if sys.version_info >= (3, 11):
             self.state = _PENDING
 
         def __enter__(self) -> None:
-            task = asyncio.current_task()
+            loop = get_running_loop()
+            task = current_task(loop)
             if task is None:
                 raise RuntimeError("SharedTimeout must be used inside a task")
             self.task = task
             self._cancelling = task.cancelling()
-            self.when = self._owner._register(self)
+            owner = self._owner
+            if loop is not owner._loop:  # first use, or a new event loop: nothing carries over
+                owner._loop = loop
+                owner._running = deque()
+                owner._timer = None
+            self.when = when = loop.time() + owner._seconds
+            owner._running.append(self)
+            if owner._timer is None:
+                owner._timer = loop.call_at(when, owner._expire)
 
         def __exit__(
             self,
@@ -126,7 +120,11 @@ if sys.version_info >= (3, 11):
                     raise TimeoutError from exc
                 return
             self.state = _DONE
-            self._owner._finished()
+            # Finished bounds leave from the front at once, so the queue holds only what runs
+            # (plus those finished out of order, until the timer passes them).
+            running = self._owner._running
+            while running and running[0].state != _PENDING:
+                running.popleft()
 
 else:  # pragma: no cover - exercised by the 3.10 CI session
     from contextlib import AbstractContextManager

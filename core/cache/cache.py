@@ -56,6 +56,8 @@ _POLL_FIRST = 0.005
 _POLL_MAX = 0.05
 
 _Lookup = tuple[int, Any, bytes | None]
+_Fetched = tuple[bytes | None, bytes | None] | None
+"""(raw entry, current group version) as read, or None when Redis could not be asked."""
 _NOT_HELD: Final = object()
 """`_local_hit` result when the local tier cannot answer."""
 
@@ -120,7 +122,7 @@ class Cache:
         self._beta = self.settings.early_refresh
         self._lock_px = max(1, int(self.settings.lock_ttl * 1000))
         self._flights: dict[str, _Flight] = {}
-        self._reads: dict[str, list[asyncio.Future[tuple[bytes | None, bytes | None]]]] = {}
+        self._reads: dict[str, list[asyncio.Future[_Fetched]]] = {}
         self._release = client.register_script(RELEASE)
         self._store_release = client.register_script(STORE_RELEASE)
         self._ensure_version = client.register_script(ENSURE_VERSION)
@@ -232,7 +234,8 @@ class Cache:
         if flight is not None and not flight.early:
             # A fill is running here, so the entry is missing: no need to ask Redis.
             return await asyncio.shield(flight.task)
-        state, value, version = await self._lookup(vkey, gkey, type_, keep=tier is not None)
+        # `_lookup` written out: one coroutine layer fewer on the hit path.
+        state, value, version = self._judge(await self._fetch(vkey, gkey, tier is not None), type_)
         if state == _HIT:
             return value  # type: ignore[no-any-return]
         if state == _REFRESH:
@@ -334,21 +337,28 @@ class Cache:
             with self._bounded():
                 result = await fn(*args, **kwargs)
         except BaseException as exc:
-            # Cancellation and bugs are settled too, or a half-open breaker would keep waiting
-            # for this probe's outcome. A WRONGTYPE reply is Redis answering: a success.
-            wrongtype = _is_wrongtype(exc)
-            if breaker is not None:
-                breaker.settle(permit, None if wrongtype else exc)
-            if wrongtype:
+            if not self._unreachable(permit, exc):
                 raise
-            if not isinstance(exc, _REDIS_ERRORS) and not is_closed_transport_error(exc):
-                raise
-            self._count("errors")
-            log.debug("cache: Redis call failed: %r", exc)
             raise CacheUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
         if breaker is not None:
             breaker.settle(permit)
         return result
+
+    def _unreachable(self, permit: Any, exc: BaseException) -> bool:
+        """Settle a call that raised `exc`: True (counted) when it is Redis failing, False when
+        `exc` must propagate as it is.
+
+        Cancellation and bugs are settled too, or a half-open breaker would keep waiting for this
+        probe's outcome. A WRONGTYPE reply is Redis answering: a success.
+        """
+        wrongtype = _is_wrongtype(exc)
+        if self._admission is not None:
+            self._admission.settle(permit, None if wrongtype else exc)
+        if wrongtype or (not isinstance(exc, _REDIS_ERRORS) and not is_closed_transport_error(exc)):
+            return False
+        self._count("errors")
+        log.debug("cache: Redis call failed: %r", exc)
+        return True
 
     async def _must(
         self, fn: Callable[..., Awaitable[T]], *args: Any, what: str, **kwargs: Any
@@ -358,19 +368,18 @@ class Cache:
         except CacheUnavailable as exc:
             raise CacheUnavailable(f"cache {what} failed: {exc}") from exc
 
-    async def _fetch(
-        self, vkey: str, gkey: str | None, keep: bool = False
-    ) -> tuple[bytes | None, bytes | None]:
-        """(raw entry, current group version), one Redis call shared by concurrent readers.
+    async def _fetch(self, vkey: str, gkey: str | None, keep: bool = False) -> _Fetched:
+        """(raw entry, current group version), or None when Redis was unreachable or skipped:
+        one bounded Redis call through the breaker, shared by concurrent readers.
 
         A burst of reads of one key costs one round trip and one connection, not one each:
         without this a hot key's expiry can exhaust the pool and turn the burst into errors.
-        With `keep`, the reading caller offers a valid entry to the local tier.
+        With `keep`, the reading caller offers a valid entry to the local tier. The call is
+        `_call` written out: this is the hit path, and every coroutine layer shows on it.
         """
         readers = self._reads.get(vkey)
         if readers is not None:
-            waiter: asyncio.Future[tuple[bytes | None, bytes | None]]
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
             readers.append(waiter)
             try:
                 return await waiter
@@ -380,27 +389,44 @@ class Cache:
         tier = self._tier if keep else None
         # Taken before the request is sent: an invalidation arriving from now on withdraws it.
         marker = tier.begin(vkey) if tier is not None else None
+        breaker = self._admission
+        result: _Fetched = None
         try:
-            if gkey is None:
-                raw = await self._call(self.client.execute_command, "GET", vkey, **_RAW)
-                result: tuple[bytes | None, bytes | None] = raw, b""
+            permit = None if breaker is None else breaker.admit()
+            if breaker is not None and permit is None:
+                self._count("bypassed")
             else:
-                current, raw = await self._call(
-                    self.client.execute_command, "MGET", gkey, vkey, **_RAW
-                )
-                result = raw, normalise_version(current)
-        except BaseException as exc:
+                try:
+                    execute: Callable[..., Awaitable[Any]] = self.client.execute_command
+                    with self._bounded():
+                        if gkey is None:
+                            result = await execute("GET", vkey, **_RAW), b""
+                        else:
+                            current, raw = await execute("MGET", gkey, vkey, **_RAW)
+                            result = raw, normalise_version(current)
+                except BaseException as exc:
+                    if not self._unreachable(permit, exc):
+                        if not _is_wrongtype(exc):
+                            raise
+                        # A foreign value under our key: a miss, which a fill overwrites.
+                        result = b"", (b"" if gkey is None else None)
+                else:
+                    if breaker is not None:
+                        breaker.settle(permit)
+        except BaseException:
             del self._reads[vkey]
             if tier is not None:
                 tier.abandon(vkey, marker)
-            shared = exc if isinstance(exc, (CacheUnavailable, ResponseError)) else _Retry()
             for waiter in readers:
                 if not waiter.done():
-                    waiter.set_exception(shared)
+                    waiter.set_exception(_Retry())
             raise
         del self._reads[vkey]
         if tier is not None:
-            self._offer(tier, vkey, marker, result)
+            if result is None:
+                tier.abandon(vkey, marker)
+            else:
+                self._offer(tier, vkey, marker, result)
         for waiter in readers:
             if not waiter.done():
                 waiter.set_result(result)
@@ -449,12 +475,15 @@ class Cache:
         keep: bool = False,
     ) -> _Lookup:
         """(state, value, current group version); the version is b"" for ungrouped keys."""
-        try:
-            raw, current = await self._fetch(vkey, gkey, keep)
-        except CacheUnavailable:
+        return self._judge(await self._fetch(vkey, gkey, keep), type_, count, early)
+
+    def _judge(
+        self, fetched: _Fetched, type_: Any, count: bool = True, early: bool = True
+    ) -> _Lookup:
+        """What a fetch found: (state, value, current group version)."""
+        if fetched is None:
             return _DOWN, None, None
-        except ResponseError:  # WRONGTYPE: a foreign value under our key; a fill overwrites it
-            raw, current = b"", (b"" if gkey is None else None)
+        raw, current = fetched
         if raw is None:
             if count:
                 self._count("misses")

@@ -211,9 +211,13 @@ class KeySpace:
 
     def body(self, key: Key, group: str | None = None) -> str:
         """The capped body of `key` with its hash tag: the key itself, or its group."""
-        encoded = encode_key(key)
         if group is None:
+            # Written out for the usual case, a short key: this runs on every hit.
+            encoded = key.translate(_TABLE) if type(key) is str else encode_key(key)
+            if len(encoded) * 4 <= self.budget:  # fits even as 4-byte UTF-8: `_cap`'s fast path
+                return "{" + (encoded or _EMPTY_TAG) + "}"
             return "{" + (_cap(encoded, self.budget, _DIGEST_LEN) or _EMPTY_TAG) + "}"
+        encoded = encode_key(key)
         tag = self.group_tag(group)
         rest = self.budget - len("#:") - len(tag.encode())
         return f"#{{{tag}}}:{_cap(encoded, rest, _DIGEST_LEN)}"

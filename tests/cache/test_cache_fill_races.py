@@ -231,6 +231,45 @@ async def test_readers_sharing_a_cancelled_read_read_again_instead_of_failing_op
     assert cache.stats.misses == 0
 
 
+@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
+async def test_readers_sharing_a_read_that_times_out_fail_open_on_that_one_call(
+    group: str | None, redis_client: aioredis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    async with FaultProxy.for_url(redis_url) as proxy:
+        client = aioredis.Redis.from_url(proxy.url_for(redis_url))
+        try:
+            cache = make(client, key_prefix, operation_timeout=0.3)
+            assert await cache.set("k", "cached", 60, group=group)
+            vkey = cache.redis_key("k", group=group)
+            loads = 0
+
+            async def load() -> str:
+                nonlocal loads
+                loads += 1
+                return "loaded"
+
+            loop = asyncio.get_running_loop()
+            proxy.delay(60, "downstream")  # every reply is held back past the bound
+            leader = loop.create_task(cache.get_or_set("k", load, 60, group=group))
+            await _until(lambda: vkey in cache._reads)
+            followers = [
+                loop.create_task(cache.get_or_set("k", load, 60, group=group)),
+                loop.create_task(cache.get_or_set("k", load, 60, group=group)),
+                loop.create_task(cache.get("k", "absent", group=group)),
+            ]
+            await _until(lambda: len(cache._reads.get(vkey, ())) == len(followers))
+            with anyio.fail_after(10):
+                results = await asyncio.gather(leader, *followers)
+        finally:
+            proxy.restore()
+            await client.aclose()
+    # One bounded call failed (the client's own retries inside it), and every reader sharing
+    # it failed open on its outcome: none of them asked Redis again, which would count more.
+    assert results == ["loaded", "loaded", "loaded", "absent"]
+    assert cache.stats.errors == 1
+    assert loads == 1  # the three get_or_set callers shared one fill
+
+
 # --- Redis dropping out while a fill waits for another process ---------------------------------
 
 TIMEOUT = 0.3

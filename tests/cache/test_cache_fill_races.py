@@ -4,8 +4,9 @@ dropping out while a fill waits for another process: each on real Redis, ordered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -183,91 +184,87 @@ async def _flights_done(cache: Cache) -> bool:
     return not cache._flights
 
 
-# --- a cancelled leading reader ----------------------------------------------------------------
+# --- readers sharing one read -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
-async def test_readers_sharing_a_cancelled_read_read_again_instead_of_failing_open(
-    group: str | None, redis_client: aioredis.Redis, redis_url: str, key_prefix: str
-) -> None:
+class _SharedRead:
+    """A cache behind a fault proxy whose leading reader's reply is held back, with three
+    followers (two `get_or_set`, one `get`) waiting on that one read."""
+
+    def __init__(self, proxy: FaultProxy, cache: Cache) -> None:
+        self.proxy = proxy
+        self.cache = cache
+        self.loads = 0
+        self.leader: asyncio.Task[Any]
+        self.followers: list[asyncio.Task[Any]] = []
+
+    async def load(self) -> str:
+        self.loads += 1
+        return "loaded"
+
+
+@contextlib.asynccontextmanager
+async def _shared_read(
+    redis_url: str, key_prefix: str, group: str | None, timeout: float
+) -> AsyncIterator[_SharedRead]:
     async with FaultProxy.for_url(redis_url) as proxy:
         client = aioredis.Redis.from_url(proxy.url_for(redis_url))
         try:
-            # A generous timeout: the held-back reply must end by cancellation, not by timing out.
-            cache = make(client, key_prefix, operation_timeout=30)
+            shared = _SharedRead(proxy, make(client, key_prefix, operation_timeout=timeout))
+            cache = shared.cache
             # The write also opens the pool's one connection.
             assert await cache.set("k", "cached", 60, group=group)
             vkey = cache.redis_key("k", group=group)
-            loads = 0
-
-            async def load() -> str:
-                nonlocal loads
-                loads += 1
-                return "loaded"
-
             loop = asyncio.get_running_loop()
             proxy.delay(60, "downstream")  # the leading read's reply is held back
-            leader = loop.create_task(cache.get_or_set("k", load, 60, group=group))
+            shared.leader = loop.create_task(cache.get_or_set("k", shared.load, 60, group=group))
             await _until(lambda: vkey in cache._reads)  # its GET (MGET with a group) is in flight
-            followers = [
-                loop.create_task(cache.get_or_set("k", load, 60, group=group)),
-                loop.create_task(cache.get_or_set("k", load, 60, group=group)),
+            shared.followers = [
+                loop.create_task(cache.get_or_set("k", shared.load, 60, group=group)),
+                loop.create_task(cache.get_or_set("k", shared.load, 60, group=group)),
                 loop.create_task(cache.get("k", "absent", group=group)),
             ]
-            await _until(lambda: len(cache._reads.get(vkey, ())) == len(followers))
-            proxy.restore()  # Redis answers promptly again, on new connections
-            leader.cancel()
-            with anyio.fail_after(10):
-                results = await asyncio.gather(*followers)
-                with pytest.raises(asyncio.CancelledError):
-                    await leader
-        finally:
-            await client.aclose()
-    # Redis was up all along: the followers read the entry themselves, as if the leader never was.
-    assert results == ["cached", "cached", "cached"]
-    assert loads == 0
-    assert cache.stats.errors == 0
-    assert cache.stats.hits == len(followers)
-    assert cache.stats.misses == 0
-
-
-@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
-async def test_readers_sharing_a_read_that_times_out_fail_open_on_that_one_call(
-    group: str | None, redis_client: aioredis.Redis, redis_url: str, key_prefix: str
-) -> None:
-    async with FaultProxy.for_url(redis_url) as proxy:
-        client = aioredis.Redis.from_url(proxy.url_for(redis_url))
-        try:
-            cache = make(client, key_prefix, operation_timeout=0.3)
-            assert await cache.set("k", "cached", 60, group=group)
-            vkey = cache.redis_key("k", group=group)
-            loads = 0
-
-            async def load() -> str:
-                nonlocal loads
-                loads += 1
-                return "loaded"
-
-            loop = asyncio.get_running_loop()
-            proxy.delay(60, "downstream")  # every reply is held back past the bound
-            leader = loop.create_task(cache.get_or_set("k", load, 60, group=group))
-            await _until(lambda: vkey in cache._reads)
-            followers = [
-                loop.create_task(cache.get_or_set("k", load, 60, group=group)),
-                loop.create_task(cache.get_or_set("k", load, 60, group=group)),
-                loop.create_task(cache.get("k", "absent", group=group)),
-            ]
-            await _until(lambda: len(cache._reads.get(vkey, ())) == len(followers))
-            with anyio.fail_after(10):
-                results = await asyncio.gather(leader, *followers)
+            await _until(lambda: len(cache._reads.get(vkey, ())) == len(shared.followers))
+            yield shared
         finally:
             proxy.restore()
             await client.aclose()
+
+
+@pytest.mark.usefixtures("redis_client")  # deletes the keys afterwards
+@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
+async def test_readers_sharing_a_cancelled_read_read_again_instead_of_failing_open(
+    group: str | None, redis_url: str, key_prefix: str
+) -> None:
+    # A generous timeout: the held-back reply must end by cancellation, not by timing out.
+    async with _shared_read(redis_url, key_prefix, group, timeout=30) as shared:
+        shared.proxy.restore()  # Redis answers promptly again, on new connections
+        shared.leader.cancel()
+        with anyio.fail_after(10):
+            results = await asyncio.gather(*shared.followers)
+            with pytest.raises(asyncio.CancelledError):
+                await shared.leader
+    # Redis was up all along: the followers read the entry themselves, as if the leader never was.
+    assert results == ["cached", "cached", "cached"]
+    assert shared.loads == 0
+    assert shared.cache.stats.errors == 0
+    assert shared.cache.stats.hits == len(shared.followers)
+    assert shared.cache.stats.misses == 0
+
+
+@pytest.mark.usefixtures("redis_client")  # deletes the keys afterwards
+@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
+async def test_readers_sharing_a_read_that_times_out_fail_open_on_that_one_call(
+    group: str | None, redis_url: str, key_prefix: str
+) -> None:
+    async with _shared_read(redis_url, key_prefix, group, timeout=0.3) as shared:
+        with anyio.fail_after(10):
+            results = await asyncio.gather(shared.leader, *shared.followers)
     # One bounded call failed (the client's own retries inside it), and every reader sharing
     # it failed open on its outcome: none of them asked Redis again, which would count more.
     assert results == ["loaded", "loaded", "loaded", "absent"]
-    assert cache.stats.errors == 1
-    assert loads == 1  # the three get_or_set callers shared one fill
+    assert shared.cache.stats.errors == 1
+    assert shared.loads == 1  # the three get_or_set callers shared one fill
 
 
 # --- Redis dropping out while a fill waits for another process ---------------------------------

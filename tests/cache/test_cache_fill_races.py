@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -231,13 +232,22 @@ async def _shared_read(
             await client.aclose()
 
 
-@pytest.mark.usefixtures("redis_client")  # deletes the keys afterwards
-@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
+@pytest.fixture(params=[None, "g"], ids=["plain", "grouped"])
+def shared_read(
+    request: pytest.FixtureRequest,
+    redis_client: aioredis.Redis,  # deletes the keys afterwards
+    redis_url: str,
+    key_prefix: str,
+) -> Callable[[float], contextlib.AbstractAsyncContextManager[_SharedRead]]:
+    """`_shared_read` with a timeout still to choose, on a plain and on a grouped key."""
+    return functools.partial(_shared_read, redis_url, key_prefix, request.param)
+
+
 async def test_readers_sharing_a_cancelled_read_read_again_instead_of_failing_open(
-    group: str | None, redis_url: str, key_prefix: str
+    shared_read: Callable[[float], contextlib.AbstractAsyncContextManager[_SharedRead]],
 ) -> None:
     # A generous timeout: the held-back reply must end by cancellation, not by timing out.
-    async with _shared_read(redis_url, key_prefix, group, timeout=30) as shared:
+    async with shared_read(30) as shared:
         shared.proxy.restore()  # Redis answers promptly again, on new connections
         shared.leader.cancel()
         with anyio.fail_after(10):
@@ -252,12 +262,10 @@ async def test_readers_sharing_a_cancelled_read_read_again_instead_of_failing_op
     assert shared.cache.stats.misses == 0
 
 
-@pytest.mark.usefixtures("redis_client")  # deletes the keys afterwards
-@pytest.mark.parametrize("group", [None, "g"], ids=["plain", "grouped"])
 async def test_readers_sharing_a_read_that_times_out_fail_open_on_that_one_call(
-    group: str | None, redis_url: str, key_prefix: str
+    shared_read: Callable[[float], contextlib.AbstractAsyncContextManager[_SharedRead]],
 ) -> None:
-    async with _shared_read(redis_url, key_prefix, group, timeout=0.3) as shared:
+    async with shared_read(0.3) as shared:
         with anyio.fail_after(10):
             results = await asyncio.gather(shared.leader, *shared.followers)
     # One bounded call failed (the client's own retries inside it), and every reader sharing
